@@ -1,0 +1,1 @@
+"""Data: COCO-format datasets, augmentation, targets and the synthetic crowd generator."""

@@ -1,0 +1,1 @@
+"""The grmpose network: backbone, GRM, MFA, adaptive convolutions and heads."""
