@@ -5,7 +5,16 @@ from grmpose.spec import COCO, CROWDPOSE, KeypointSpec, get_spec
 
 __version__ = "0.1.0"
 
-__all__ = ["COCO", "CROWDPOSE", "PRESETS", "KeypointSpec", "ModelConfig", "build_model", "get_preset", "get_spec"]
+__all__ = [
+    "COCO",
+    "CROWDPOSE",
+    "PRESETS",
+    "KeypointSpec",
+    "ModelConfig",
+    "build_model",
+    "get_preset",
+    "get_spec",
+]
 
 
 def build_model(preset: str | ModelConfig = "grmpose-w32", spec: str | KeypointSpec = "coco"):

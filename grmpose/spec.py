@@ -57,7 +57,9 @@ class KeypointSpec:
         for pair_list, what in ((self.flip_pairs, "flip_pairs"), (self.skeleton, "skeleton")):
             for a, b in pair_list:
                 if not (0 <= a < k and 0 <= b < k):
-                    raise ValueError(f"keypoint spec {self.name!r}: {what} entry ({a}, {b}) out of range 0..{k - 1}")
+                    raise ValueError(
+                        f"keypoint spec {self.name!r}: {what} entry ({a}, {b}) out of range 0..{k - 1}"
+                    )
         flat = [i for pair in self.flip_pairs for i in pair]
         if len(flat) != len(set(flat)):
             raise ValueError(f"keypoint spec {self.name!r}: an index appears in two flip pairs")
@@ -147,12 +149,44 @@ COCO = KeypointSpec(
     keypoints=_COCO_NAMES,
     flip_pairs=((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)),
     skeleton=(
-        (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
-        (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+        (15, 13),
+        (13, 11),
+        (16, 14),
+        (14, 12),
+        (11, 12),
+        (5, 11),
+        (6, 12),
+        (5, 6),
+        (5, 7),
+        (6, 8),
+        (7, 9),
+        (8, 10),
+        (1, 2),
+        (0, 1),
+        (0, 2),
+        (1, 3),
+        (2, 4),
+        (3, 5),
+        (4, 6),
     ),  # fmt: skip
     sigmas=(
-        0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
-        0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+        0.026,
+        0.025,
+        0.025,
+        0.035,
+        0.035,
+        0.079,
+        0.079,
+        0.072,
+        0.072,
+        0.062,
+        0.062,
+        0.107,
+        0.107,
+        0.087,
+        0.087,
+        0.089,
+        0.089,
     ),  # fmt: skip
     crowd_eval=False,
     nms_joints=8,
@@ -169,8 +203,20 @@ CROWDPOSE = KeypointSpec(
     keypoints=_CROWDPOSE_NAMES,
     flip_pairs=((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11)),
     skeleton=(
-        (12, 13), (13, 0), (13, 1), (0, 2), (2, 4), (1, 3), (3, 5), (0, 6), (1, 7),
-        (6, 7), (6, 8), (8, 10), (7, 9), (9, 11),
+        (12, 13),
+        (13, 0),
+        (13, 1),
+        (0, 2),
+        (2, 4),
+        (1, 3),
+        (3, 5),
+        (0, 6),
+        (1, 7),
+        (6, 7),
+        (6, 8),
+        (8, 10),
+        (7, 9),
+        (9, 11),
     ),  # fmt: skip
     sigmas=(0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089, 0.079, 0.079),
     crowd_eval=True,

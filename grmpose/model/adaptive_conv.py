@@ -1,0 +1,99 @@
+"""Adaptive convolution (DEKR) in plain PyTorch, batched over groups.
+
+For every pixel p, a 3x3 conv predicts a 2x2 matrix A(p) (4 channels: a11, a12, a21, a22) and
+another predicts a translation t(p) (2 channels: tx, ty). The 9 taps of a 3x3 kernel sample the
+input at
+
+    q_k = p + A(p) @ r_k + t(p),   r_k = (kx - 1, ky - 1),  k = 3 * ky + kx,
+
+with bilinear interpolation (zero outside the map), and the 3x3 weights are applied to the 9
+samples. With A = I and t = 0 this is an ordinary 3x3 convolution (padding 1). Both predictors
+are zero-initialised, so at initialisation every tap samples the centre pixel.
+
+All keypoints' adaptive convolutions run as one grouped operation: the input holds G groups
+(one per keypoint) of c channels each, ``B x (G*c) x H x W``; groups never mix.
+
+Sampling uses ``grid_sample`` on a grid built with ``torch.arange`` (not ``linspace``), which keeps
+H and W dynamic in the ONNX export.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def regular_grid(device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The 9 kernel offsets r_k as a 2 x 9 tensor (row 0: x, row 1: y), k = 3 * ky + kx."""
+    k = torch.arange(9, device=device)
+    return torch.stack([k % 3 - 1, k // 3 - 1]).to(dtype)
+
+
+def sample_taps(
+    x: torch.Tensor, affine: torch.Tensor, translation: torch.Tensor, groups: int
+) -> torch.Tensor:
+    """Bilinearly sample the 9 taps of every pixel.
+
+    Args:
+        x: B x (G*c) x H x W input.
+        affine: B x (G*4) x H x W, per group (a11, a12, a21, a22).
+        translation: B x (G*2) x H x W, per group (tx, ty).
+        groups: G.
+    Returns:
+        B x (G*c*9) x H x W samples, ordered (group, channel, tap).
+    """
+    b, gc, h, w = x.shape
+    c = gc // groups
+    a = affine.reshape(b, groups, 2, 2, 1, h, w)
+    t = translation.reshape(b, groups, 2, 1, h, w)
+    r = regular_grid(x.device, x.dtype).reshape(1, 1, 1, 2, 9, 1, 1)
+    # displacement of tap k: A @ r_k + t  -> B x G x 2 x 9 x H x W
+    disp = (a * r).sum(dim=3) + t
+    xs = torch.arange(w, device=x.device, dtype=x.dtype).reshape(1, 1, 1, 1, w)
+    ys = torch.arange(h, device=x.device, dtype=x.dtype).reshape(1, 1, 1, h, 1)
+    px = xs + disp[:, :, 0]  # B x G x 9 x H x W, in pixels
+    py = ys + disp[:, :, 1]
+    # grid_sample with align_corners=False: pixel i has normalised coordinate (2i + 1) / size - 1.
+    gx = (2.0 * px + 1.0) / w - 1.0
+    gy = (2.0 * py + 1.0) / h - 1.0
+    grid = torch.stack([gx, gy], dim=-1).reshape(b * groups, 9 * h, w, 2)
+    samples = F.grid_sample(
+        x.reshape(b * groups, c, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )  # (B*G) x c x (9*H) x W
+    return samples.reshape(b, groups * c * 9, h, w)
+
+
+class AdaptiveConv(nn.Module):
+    """Grouped adaptive 3x3 convolution: G groups of ``channels`` in and out, no bias."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.channels = channels
+        self.affine = nn.Conv2d(groups * channels, groups * 4, 3, padding=1, groups=groups)
+        self.translation = nn.Conv2d(groups * channels, groups * 2, 3, padding=1, groups=groups)
+        for conv in (self.affine, self.translation):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        self.weight = nn.Parameter(torch.empty(groups * channels, channels, 3, 3))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps = sample_taps(x, self.affine(x), self.translation(x), self.groups)
+        # one grouped 1x1 conv applies each group's 3x3 weights to its 9 taps
+        w = self.weight.reshape(self.groups * self.channels, self.channels * 9, 1, 1)
+        return F.conv2d(taps, w, groups=self.groups)
+
+
+class AdaptiveBlock(nn.Module):
+    """DEKR's adaptive block: adaptive conv -> BN -> + input -> ReLU."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.conv = AdaptiveConv(channels, groups)
+        self.bn = nn.BatchNorm2d(groups * channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)) + x)

@@ -1,0 +1,55 @@
+"""The whole grmpose network: backbone -> (GRM) -> heads.
+
+``GRMPoseNet(images)`` takes B x 3 x H x W normalised RGB images (H, W multiples of 32) and returns
+three tensors at stride 4, the same in training and inference:
+
+    heatmaps  B x (K+1) x H/4 x W/4   (raw; channel K is the person centre)
+    offsets   B x 2K x H/4 x W/4      (channel 2k: x, 2k+1: y; pixel - keypoint, in map pixels)
+    tags      B x K x H/4 x W/4       (one associative-embedding value per keypoint)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from grmpose.config import ModelConfig, get_preset
+from grmpose.model.backbone import HRBackbone
+from grmpose.model.grm import GRM
+from grmpose.model.heads import HeatmapTagHead, OffsetHead
+from grmpose.spec import KeypointSpec, get_spec
+
+
+class GRMPoseNet(nn.Module):
+    def __init__(self, config: ModelConfig, num_keypoints: int) -> None:
+        super().__init__()
+        self.config = config
+        self.num_keypoints = num_keypoints
+        c = config.width
+        self.backbone = HRBackbone(c, config.blocks, config.modules, config.stem_channels, config.use_mfa)
+        p3_channels = sum(self.backbone.widths)  # 15C
+        self.grm = GRM(c, p3_channels) if config.use_grm else None
+        head_in = self.grm.out_channels if self.grm is not None else p3_channels
+        self.heatmap_head = HeatmapTagHead(head_in, config.head_channels, num_keypoints)
+        self.offset_head = OffsetHead(
+            head_in, config.offset_channels_per_kpt, config.offset_blocks, num_keypoints
+        )
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        p1, p2, stage4 = self.backbone(images)
+        ups = [stage4[0]] + [
+            F.interpolate(y, scale_factor=float(2**i), mode="bilinear", align_corners=False)
+            for i, y in enumerate(stage4[1:], start=1)
+        ]
+        p3 = torch.cat(ups, dim=1)
+        feats = self.grm(p1, p2, p3) if self.grm is not None else p3
+        heatmaps, tags = self.heatmap_head(feats)
+        offsets = self.offset_head(feats)
+        return heatmaps, offsets, tags
+
+
+def build_model(preset: str | ModelConfig = "grmpose-w32", spec: str | KeypointSpec = "coco") -> GRMPoseNet:
+    """Build the network for a preset name (or a ``ModelConfig``) and a keypoint spec."""
+    config = get_preset(preset) if isinstance(preset, str) else preset
+    return GRMPoseNet(config, get_spec(spec).num_keypoints)
