@@ -38,7 +38,9 @@ OUTPUT_STRIDE = 4
 
 def normalize_image(img: np.ndarray) -> torch.Tensor:
     """uint8 H x W x 3 RGB -> float32 3 x H x W tensor, ``(img / 255 - MEAN) / STD``."""
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+    if not (img.flags.writeable and img.flags.c_contiguous):
+        img = np.array(img, order="C")
+    t = torch.from_numpy(img).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
     return (t - mean) / std

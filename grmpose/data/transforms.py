@@ -127,7 +127,7 @@ def apply_affine_image(
     out = Image.fromarray(np.ascontiguousarray(img)).transform(
         (size, size), Image.AFFINE, data=data, resample=resample, fillcolor=0
     )
-    return np.asarray(out)
+    return np.array(out)  # a writable copy
 
 
 def apply_affine_points(kpts: np.ndarray, M: np.ndarray, size: int | None = None) -> np.ndarray:
