@@ -56,6 +56,93 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- synth
+def cmd_synth(args: argparse.Namespace) -> int:
+    from grmpose.data.synthetic import synth_main
+
+    with _bar(args.images + (args.val_images or max(1, args.images // 10)), "synthesise", args.quiet) as bar:
+        path = synth_main(
+            args.out, args.spec, args.images, args.seed, val_images=args.val_images,
+            image_size=args.image_size, max_people=args.max_people, progress=bar,
+        )  # fmt: skip
+    print(f"wrote {path}")
+    return 0
+
+
+class _bar:
+    """A tqdm bar usable as the synthetic generator's progress callback (``progress(n)``)."""
+
+    def __init__(self, total: int, desc: str, quiet: bool) -> None:
+        self.total, self.desc, self.quiet, self.tqdm = total, desc, quiet, None
+
+    def __enter__(self):
+        if self.quiet:
+            return None
+        from tqdm import tqdm
+
+        self.tqdm = tqdm(total=self.total, desc=self.desc, dynamic_ncols=True)
+        return self
+
+    def __call__(self, iterable):
+        for item in iterable:
+            yield item
+            self.tqdm.update(1)
+
+    def __exit__(self, *exc):
+        if self.tqdm is not None:
+            self.tqdm.close()
+        return False
+
+
+# ---------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from grmpose.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=args.data, out=args.out, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
+        accumulate=args.accumulate, lr=args.lr, input_size=args.input_size, workers=args.workers,
+        seed=args.seed, val_every=args.val_every, val_images=args.val_images, max_minutes=args.max_minutes,
+        max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, device=args.device,
+        resume=args.resume, amp=not args.no_amp, progress=not args.quiet, schedule=args.schedule,
+        lr_steps=tuple(args.lr_steps) if args.lr_steps else None,
+    )  # fmt: skip
+    summary = train(cfg)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0 if not summary["stop_reason"].endswith("in a row") else 1
+
+
+# ---------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.gt or args.results:
+        if not (args.gt and args.results):
+            raise UserError("scoring a results file needs both --gt and --results")
+        from grmpose.evaluate import eval_results_main
+
+        report = eval_results_main(args.gt, args.results, args.spec or "coco", as_json=args.json)
+        print(report["text"])
+        return 0
+    if not (args.checkpoint and args.data):
+        raise UserError("give --checkpoint and --data (or --gt and --results to score a results file)")
+    from grmpose.evaluate_run import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(
+        args.checkpoint, args.data, split=args.split, out=args.out, flip=args.flip,
+        multi_scale=args.multi_scale, decoder=args.decoder, backend=args.backend, device=args.device,
+        max_images=args.max_images, rescore=args.rescore, progress=not args.quiet,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        from grmpose.evaluate import format_metrics
+
+        print(format_metrics({k: v for k, v in metrics.items() if not k.startswith("images")}))
+        print(
+            f"{metrics['images']} of {metrics['images_total']} images evaluated; results in {metrics['results']}"
+        )
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grmpose", description=__doc__)
@@ -77,6 +164,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="example input size used for tracing")
     p.add_argument("--opset", type=int, default=18)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("synth", help="generate a synthetic crowd dataset (COCO format + dataset.yaml)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--spec", default="coco", help="coco or crowdpose")
+    p.add_argument("--images", type=int, default=1000, help="training images")
+    p.add_argument("--val-images", type=int, default=None, help="validation images (default: images / 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--max-people", type=int, default=15)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train a model (single process or under torchrun)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument(
+        "--data", required=True, help="COCO root, CrowdPose root, dataset.yaml or a folder with one"
+    )
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--epochs", type=int, default=None, help="default: 140 (COCO), 300 (CrowdPose)")
+    p.add_argument("--schedule", choices=["coco", "crowdpose"], default=None, help="lr schedule to scale")
+    p.add_argument("--lr-steps", type=int, nargs="*", default=None, help="explicit lr-step epochs")
+    p.add_argument("--batch-size", type=int, default=10, help="images per process")
+    p.add_argument("--accumulate", type=int, default=1, help="split each batch into N chunks")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--input-size", type=int, default=None, help="training crop (default: the preset's)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (0: never)")
+    p.add_argument("--val-images", type=int, default=None, help="validate on the first N images")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much time")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--resume", default=None, help="a last.pt to continue from")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset, or score a results file")
+    p.add_argument("--checkpoint", help=".safetensors or .pt")
+    p.add_argument("--data", help="dataset (as for train)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--out", default=None, help="folder for results.json and metrics.json")
+    p.add_argument("--flip", action="store_true", help="flip test")
+    p.add_argument("--multi-scale", action="store_true", help="scales 0.5, 1, 2")
+    p.add_argument("--decoder", default="regression", choices=["regression", "ae", "hybrid"])
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--rescore", default=None, help="rescoring net from grmpose rescore-fit")
+    p.add_argument("--gt", help="ground-truth JSON (score an existing results file)")
+    p.add_argument("--results", help="COCO-format results JSON")
+    p.add_argument("--spec", default=None, help="coco, crowdpose or a YAML spec (with --gt/--results)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON dict")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
 
     return parser
 

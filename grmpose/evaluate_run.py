@@ -1,0 +1,165 @@
+"""Evaluate a model on a COCO-format split: predict every image, stream results, score them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from grmpose.data.coco import DataError, load_image
+from grmpose.evaluate import ResultsWriter, coverage, evaluate_keypoints, load_ground_truth
+from grmpose.spec import KeypointSpec
+
+log = logging.getLogger(__name__)
+
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def model_forward(model: nn.Module, device: torch.device | str) -> Forward:
+    """Wrap a PyTorch model as ``forward(batch) -> (heatmaps, offsets, tags)`` in inference mode."""
+    model = model.eval()
+
+    @torch.inference_mode()
+    def forward(batch: torch.Tensor):
+        return tuple(model(batch.to(device)))
+
+    return forward
+
+
+def evaluate_forward(
+    forward: Forward,
+    spec: KeypointSpec,
+    input_size: int,
+    ann_file: str | Path,
+    image_dir: str | Path,
+    results_path: str | Path,
+    flip: bool = False,
+    scales: tuple[float, ...] = (1.0,),
+    decoder: str = "regression",
+    max_images: int | None = None,
+    progress: bool = True,
+    rescorer=None,
+) -> dict:
+    """Predict each GT image, stream the poses to ``results_path``, return the OKS metrics.
+
+    The metrics dict also holds ``images`` (evaluated) and ``images_total``; unreadable images are
+    skipped with a warning and counted in ``images_unreadable`` -- and they stay in the ground truth,
+    so a skipped image costs recall rather than vanishing from the score.
+    """
+    from grmpose.tta import predict_poses
+
+    gt, _ = load_ground_truth(ann_file)
+    images = sorted(gt.get("images", []), key=lambda im: im["id"])
+    if max_images is not None:
+        images = images[:max_images]
+        ids = {im["id"] for im in images}
+        gt = {
+            **gt,
+            "images": images,
+            "annotations": [a for a in gt.get("annotations", []) if a["image_id"] in ids],
+        }
+    iterator = images
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(images, desc="evaluate", dynamic_ncols=True, leave=False)
+    unreadable = 0
+    seen: list[int] = []
+    with ResultsWriter(results_path) as writer:
+        for im in iterator:
+            path = Path(image_dir) / im["file_name"]
+            try:
+                image = load_image(path, exif_transpose=False)
+            except DataError as err:
+                unreadable += 1
+                log.warning("skipping unreadable image %s", err)
+                continue
+            poses, scores = predict_poses(
+                forward, image, spec, input_size, flip=flip, scales=scales, decoder=decoder
+            )
+            if rescorer is not None and len(poses):
+                scores = rescorer(poses)
+            writer.write(im["id"], poses, scores)
+            seen.append(im["id"])
+    report = coverage(gt, seen)
+    log.info(report.summary())
+    metrics = evaluate_keypoints(gt, results_path, spec)
+    metrics.update({"images": len(seen), "images_total": len(images), "images_unreadable": unreadable})
+    return metrics
+
+
+def evaluate_model(
+    model: nn.Module,
+    spec: KeypointSpec,
+    input_size: int,
+    ann_file: str | Path,
+    image_dir: str | Path,
+    results_path: str | Path,
+    flip: bool = False,
+    max_images: int | None = None,
+    progress: bool = True,
+    device: torch.device | str = "cpu",
+    **kwargs,
+) -> dict:
+    """``evaluate_forward`` for a PyTorch model (restores its train/eval mode afterwards)."""
+    was_training = model.training
+    try:
+        return evaluate_forward(
+            model_forward(model, device), spec, input_size, ann_file, image_dir, results_path,
+            flip=flip, max_images=max_images, progress=progress, **kwargs,
+        )  # fmt: skip
+    finally:
+        model.train(was_training)
+
+
+def write_metrics(path: str | Path, metrics: dict) -> None:
+    Path(path).write_text(json.dumps(metrics, indent=2))
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str,
+    split: str = "val",
+    out: str | Path | None = None,
+    flip: bool = False,
+    multi_scale: bool = False,
+    decoder: str = "regression",
+    backend: str = "torch",
+    device: str = "cpu",
+    max_images: int | None = None,
+    rescore: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """What ``grmpose eval --checkpoint CKPT --data DATA`` does; writes results.json + metrics.json."""
+    from grmpose.checkpoint import load_model
+    from grmpose.data.coco import resolve_dataset
+
+    ann_file, image_dir, data_spec = resolve_dataset(data, split)
+    model, config, spec = load_model(checkpoint, spec=data_spec, device=device)
+    out = Path(out) if out is not None else Path(checkpoint).parent / f"eval_{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    if backend == "onnxruntime":
+        from grmpose.api import onnx_forward_for_model
+
+        forward = onnx_forward_for_model(model, config, spec, out / "model.onnx")
+    elif backend == "torch":
+        forward = model_forward(model, device)
+    else:
+        raise ValueError(f"unknown backend {backend!r}: choose torch or onnxruntime")
+    rescorer = None
+    if rescore is not None:
+        from grmpose.rescore import load_rescorer
+
+        rescorer = load_rescorer(rescore, spec)
+    metrics = evaluate_forward(
+        forward, spec, config.input_size, ann_file, image_dir, out / "results.json",
+        flip=flip, scales=(0.5, 1.0, 2.0) if multi_scale else (1.0,), decoder=decoder,
+        max_images=max_images, progress=progress, rescorer=rescorer,
+    )  # fmt: skip
+    metrics["results"] = str(out / "results.json")
+    write_metrics(out / "metrics.json", metrics)
+    return metrics
