@@ -223,9 +223,7 @@ def generate_dataset(
         "categories": categories(spec),
     }
     ann_file = out_dir / f"{split}.json"
-    with open(ann_file, "w") as f:
-        json.dump(data, f, separators=(",", ":"))
-        f.write("\n")
+    ann_file.write_text(json.dumps(data, separators=(",", ":")) + "\n")  # dumps: the C encoder
     update_dataset_yaml(out_dir, spec, [split])
     logger.info("synthetic %s: %d images, %d people -> %s", split, len(images), len(annotations), ann_file)
     return ann_file
@@ -305,3 +303,18 @@ def render_preview(
         tiles.paste(image, (i * image_size, 0))
         tiles.paste(draw_annotations(image, kps, spec), (i * image_size, image_size))
     return tiles
+
+
+def write_sample_picture(path: str | Path, seed: int = 0, count: int = 2, image_size: int = 256) -> Path:
+    """The documentation picture (``docs/images/synthetic_sample.png``): ``count`` COCO scenes
+    (seed ``seed``) and ``count`` CrowdPose scenes (seed ``seed + 1``), plain above, annotated below."""
+    tiles = [render_preview(spec, seed + i, count, image_size) for i, spec in enumerate(SPECS.values())]
+    out = Image.new("RGB", (sum(t.width for t in tiles), tiles[0].height))
+    x = 0
+    for tile in tiles:
+        out.paste(tile, (x, 0))
+        x += tile.width
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.save(path, optimize=True)
+    return path

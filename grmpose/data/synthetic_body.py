@@ -297,8 +297,8 @@ def forward_kinematics(body: Body, pose: Pose) -> dict[str, np.ndarray]:
     for name, offset in _FACE_POINTS.items():
         p[name] = centre + r_head @ (body.head_radius * np.array(offset))
 
-    r_yaw = rot_y(pose.yaw)
-    return {name: r_yaw @ v for name, v in p.items()}
+    rotated = np.stack(list(p.values())) @ rot_y(pose.yaw).T
+    return dict(zip(p, rotated))
 
 
 def head_yaw(pose: Pose) -> float:

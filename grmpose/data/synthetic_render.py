@@ -140,11 +140,10 @@ def pose_figure(
     pts3 = forward_kinematics(body, pose)
     c, s = np.cos(tilt), np.sin(tilt)
     rot = np.array([[c, -s], [s, c]])
-    points = {}
-    for name, v in pts3.items():
-        xy = rot @ np.array([v[0], -v[1]])
-        points[name] = xy * height_px + offset
-    depth = {name: float(v[2]) for name, v in pts3.items()}
+    xyz = np.stack(list(pts3.values()))
+    xy = (xyz[:, :2] * np.array([1.0, -1.0])) @ rot.T * height_px + offset
+    points = dict(zip(pts3, xy))
+    depth = dict(zip(pts3, xyz[:, 2].tolist()))
     return Figure(body, pose, look, height_px, points, depth)
 
 
@@ -348,8 +347,8 @@ def draw_figure(rng: np.random.Generator, canvas: np.ndarray, fig: Figure) -> np
 # ------------------------------------------------------------------------------------- background
 
 
-def make_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """A cluttered background (H x W x 3 float32): gradient, texture, floor and random shapes."""
+def _smooth_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Gradient, optional floor, stripes or blobs (H x W x 3 float32, unclipped)."""
     yy = np.arange(height, dtype=np.float32)[:, None]
     xx = np.arange(width, dtype=np.float32)[None, :]
     c0 = np.array(_random_color(rng, (0.0, 0.6), (0.2, 1.0)), np.float32)
@@ -374,7 +373,18 @@ def make_background(rng: np.random.Generator, width: int, height: int) -> np.nda
         cells = int(rng.integers(3, 10))
         blobs = np.stack([_smooth_noise(rng, width, height, cells) for _ in range(3)], -1)
         img += rng.uniform(20.0, 70.0) * blobs
-    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    return img
+
+
+def make_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A cluttered background (H x W x 3 float32): gradient, texture, floor and random shapes.
+
+    The smooth layers are computed at half resolution and upsampled (for speed); the shapes are
+    drawn at full resolution.
+    """
+    smooth = _smooth_background(rng, max(1, (width + 1) // 2), max(1, (height + 1) // 2))
+    pil = Image.fromarray(np.clip(smooth, 0, 255).astype(np.uint8))
+    pil = pil.resize((width, height), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(pil)
     size = max(width, height)
     for _ in range(int(rng.integers(0, 13))):
