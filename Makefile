@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/grmpose summary
+	$(BIN)/grmpose demo
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check grmpose tests benchmarks

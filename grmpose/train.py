@@ -65,7 +65,7 @@ class TrainConfig:
     val_every: int = 1  # epochs; 0 = never
     val_images: int | None = None  # evaluate on the first N validation images only
     val_flip: bool = True
-    max_minutes: float | None = None  # stop (with a checkpoint) after this much training time
+    max_minutes: float | None = None  # stop after this much time; lr steps then follow time, not epochs
     max_steps: int | None = None  # stop after this many optimiser steps in total
     checkpoint_every: int = 0  # steps; 0 = only at the end of each epoch
     log_every: int = 10
@@ -158,11 +158,22 @@ def git_revision() -> str:
         return "unknown"
 
 
-def lr_milestones(cfg: TrainConfig, spec: KeypointSpec) -> tuple[int, list[int]]:
+def _schedule(cfg: TrainConfig, spec: KeypointSpec) -> tuple[int, tuple[int, ...]]:
     schedule = cfg.schedule or (spec.name if spec.name in SCHEDULES else "coco")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    full_epochs, steps = SCHEDULES[schedule]
+    return SCHEDULES[schedule]
+
+
+def time_fractions(cfg: TrainConfig, spec: KeypointSpec) -> list[float]:
+    """LR-step points as fractions of the run (used when a time budget drives the schedule)."""
+    full_epochs, steps = _schedule(cfg, spec)
+    return [s / full_epochs for s in steps]
+
+
+def lr_milestones(cfg: TrainConfig, spec: KeypointSpec) -> tuple[int, list[int]]:
+    """Epoch count and lr-step epochs: the paper's schedule scaled to ``cfg.epochs``."""
+    full_epochs, steps = _schedule(cfg, spec)
     epochs = cfg.epochs or full_epochs
     if cfg.lr_steps is not None:
         return epochs, list(cfg.lr_steps)
@@ -229,6 +240,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.input_size:
         model_cfg = dataclasses.replace(model_cfg, input_size=cfg.input_size)
     epochs, milestones = lr_milestones(cfg, spec)
+    fractions = time_fractions(cfg, spec)
 
     torch.manual_seed(cfg.seed)
     model = GRMPoseNet(model_cfg, spec.num_keypoints).to(device)
@@ -343,6 +355,11 @@ def train(cfg: TrainConfig) -> dict:
                 continue
             nonfinite = 0
             global_step += 1
+            if cfg.max_minutes is not None:  # a time budget drives the schedule: steps at fractions of it
+                elapsed = (time.time() - t_start) / (60 * cfg.max_minutes)
+                drops = sum(elapsed >= f for f in fractions)
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * 0.1**drops
             images_seen += batch["image"].shape[0] * info.world
             if info.main and global_step % cfg.log_every == 0:
                 record = {"kind": "train", "epoch": epoch, "step": global_step, "loss": loss_value,
@@ -364,7 +381,7 @@ def train(cfg: TrainConfig) -> dict:
             log.error("stopping: %s; the last good checkpoint is kept", stop_reason)
             break
         epoch_done = step >= len(batches)
-        if epoch_done:
+        if epoch_done and cfg.max_minutes is None:
             scheduler.step()
         if info.main:
             rate = images_seen / max(train_time, 1e-9)
