@@ -18,6 +18,7 @@ from grmpose.grouping import (
     decode_maps,
     joint_order,
     joint_peaks,
+    max_filter,
     snap_joints,
 )
 from grmpose.oks import oks
@@ -335,10 +336,23 @@ def test_decode_speed_30_people(decoder):
     heat, off, tags = gt_maps(people)
     for _ in range(2):
         decode_maps(heat, off, tags, COCO, decoder)
-    runs = 10
-    start = time.perf_counter()
-    for _ in range(runs):
-        poses, _ = decode_maps(heat, off, tags, COCO, decoder)
-    per_image = (time.perf_counter() - start) / runs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors: one thread is representative and immune to busy cores
+    try:
+        times = []
+        for _ in range(10):
+            start = time.perf_counter()
+            poses, _ = decode_maps(heat, off, tags, COCO, decoder)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    per_image = min(times)  # the least disturbed run
     assert len(poses) == 30
-    assert per_image < 0.1  # generous bound for noisy CI machines
+    assert per_image < 0.1  # targets: a few ms (AE ~10 ms); generous bound for noisy machines
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5, 7])
+def test_max_filter_equals_max_pool(kernel):
+    x = torch.rand(3, 13, 17, generator=torch.Generator().manual_seed(kernel))
+    ref = torch.nn.functional.max_pool2d(x[None], kernel, stride=1, padding=kernel // 2)[0]
+    assert torch.equal(max_filter(x, kernel), ref)
