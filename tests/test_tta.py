@@ -23,7 +23,7 @@ from grmpose.inference import predict_image, prepare_image
 from grmpose.oks import oks
 from grmpose.spec import COCO, CROWDPOSE
 from grmpose.targets import build_targets
-from grmpose.tta import predict_batch, predict_poses, resample_maps
+from grmpose.tta import ScaleMaps, fuse_scales, predict_batch, predict_poses, resample_maps
 from tests.test_grouping import gt_areas, tag_maps
 
 MAX_PEOPLE_CODE = 8  # person codes 1..8 in the green channel
@@ -314,3 +314,49 @@ def test_resample_maps_follows_the_affine():
     inside = (exp_u >= 0) & (exp_u <= w - 1) & (exp_v >= 0) & (exp_v <= h - 1)
     torch.testing.assert_close(out[0][inside].double(), exp_u[inside], atol=1e-4, rtol=0)
     torch.testing.assert_close(out[1][inside].double(), exp_v[inside], atol=1e-4, rtol=0)
+
+
+def test_candidates_of_other_scales_map_exactly():
+    """Only the 2× input sees people (the others return empty maps): its candidates, moved to the
+    common grid and then to the image, land on the truth."""
+    rng = np.random.default_rng(8)
+    spec = COCO
+    people = make_scene(rng, spec, 3)
+    img = render(people, spec)
+    stub = stub_forward(spec)
+
+    def forward(batch):
+        heat, off, tags = stub(batch)
+        if batch.shape[-2] != 2 * img.shape[0]:
+            heat, off, tags = torch.zeros_like(heat), torch.zeros_like(off), torch.zeros_like(tags)
+        return heat, off, tags
+
+    poses, scores = predict_poses(forward, img, spec, 192, flip=True, scales=(0.5, 1.0, 2.0))
+    assert len(poses) == 3 and match_error(poses, people) < 0.25
+    # centre score ≤ 1, × multiscale_factor, × heat averaged with two empty scales (≤ 1/3)
+    assert (scores > 0).all() and (scores <= spec.multiscale_factor / 3 + 1e-6).all()
+
+
+def test_fuse_scales_aligns_the_grids():
+    """Maps holding each cell's own image coordinates fuse into the common grid's coordinates."""
+    img = np.zeros((96, 150, 3), np.uint8)
+    per_scale = []
+    for scale in (0.5, 1.0, 2.0):
+        tensor, m = prepare_image(img, round(96 * scale))
+        h, w = tensor.shape[1] // 4, tensor.shape[2] // 4
+        v, u = torch.meshgrid(
+            torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+        )
+        a = np.linalg.inv(np.vstack([m / 4, [0, 0, 1]]))  # map -> image
+        x = (a[0, 0] * u + a[0, 1] * v + a[0, 2]).float()
+        y = (a[1, 0] * u + a[1, 1] * v + a[1, 2]).float()
+        heat = torch.stack([x, y, torch.ones_like(x)])
+        per_scale.append(ScaleMaps(heat, torch.zeros(2, h, w), heat[:2].clone(), m / 4, m, scale))
+    heat, tags, ref = fuse_scales(per_scale)
+    assert ref == 1
+    expect = per_scale[1].heatmaps
+    # cells whose image point every scale covers (the 0.5 grid ends earliest)
+    inside = heat[2] > 1 - 1e-6
+    assert inside.float().mean() > 0.7
+    torch.testing.assert_close(heat[:2][:, inside], expect[:2][:, inside], atol=1e-3, rtol=0)
+    torch.testing.assert_close(tags[:, inside], expect[:2][:, inside], atol=1e-3, rtol=0)
