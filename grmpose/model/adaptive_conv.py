@@ -78,12 +78,14 @@ class AdaptiveConv(nn.Module):
             nn.init.zeros_(conv.bias)
         self.weight = nn.Parameter(torch.empty(groups * channels, channels, 3, 3))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        # no bias in training; ``grmpose.fuse`` sets one when it folds the following BatchNorm
+        self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         taps = sample_taps(x, self.affine(x), self.translation(x), self.groups)
         # one grouped 1x1 conv applies each group's 3x3 weights to its 9 taps
         w = self.weight.reshape(self.groups * self.channels, self.channels * 9, 1, 1)
-        return F.conv2d(taps, w, groups=self.groups)
+        return F.conv2d(taps, w, self.bias, groups=self.groups)
 
 
 class AdaptiveBlock(nn.Module):
