@@ -64,8 +64,43 @@ def sample_taps(
     return samples.reshape(b, groups * c * 9, h, w)
 
 
+def neighbourhood(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """The regular 3x3 neighbourhood of every pixel (zero padded), per group.
+
+    Args:
+        x: B x (G*c) x H x W.
+    Returns:
+        B x G x (c*9) x (H*W), ordered (channel, tap) with tap k = 3 * ky + kx -- the layout of a
+        3x3 conv weight flattened to c*9.
+    """
+    b, gc, h, w = x.shape
+    xp = F.pad(x, (1, 1, 1, 1))
+    taps = torch.stack([xp[:, :, ky : ky + h, kx : kx + w] for ky in range(3) for kx in range(3)], dim=2)
+    return taps.reshape(b, groups, (gc // groups) * 9, h * w)
+
+
+def grouped_linear(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-group linear map over channels: ``out[b, g] = weight[g] @ x[b, g] (+ bias[g])``.
+
+    A batched matmul instead of a grouped convolution: with a handful of channels per group the
+    CPU kernels for grouped convolutions (and especially their backward) are many times slower.
+
+    Args:
+        weight: G x O x I.  x: B x G x I x N.  bias: G x O or None.
+    Returns:
+        B x G x O x N.
+    """
+    out = torch.matmul(weight, x)
+    return out if bias is None else out + bias[:, :, None]
+
+
 class AdaptiveConv(nn.Module):
-    """Grouped adaptive 3x3 convolution: G groups of ``channels`` in and out, no bias."""
+    """Grouped adaptive 3x3 convolution: G groups of ``channels`` in and out, no bias.
+
+    The parameters have the shapes of the grouped ``nn.Conv2d`` layers they stand for
+    (``affine``, ``translation``: 3x3 convs with G groups; ``weight``: (G*c) x c x 3 x 3), but
+    every grouped product runs as one batched matmul (see ``grouped_linear``).
+    """
 
     def __init__(self, channels: int, groups: int) -> None:
         super().__init__()
@@ -81,11 +116,25 @@ class AdaptiveConv(nn.Module):
         # no bias in training; ``grmpose.fuse`` sets one when it folds the following BatchNorm
         self.register_parameter("bias", None)
 
+    def transform(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (B x G*4 x H x W) and t (B x G*2 x H x W): both predictor convs in one batched matmul."""
+        b, _, h, w = x.shape
+        g, c = self.groups, self.channels
+        weight = torch.cat(
+            [self.affine.weight.reshape(g, 4, c * 9), self.translation.weight.reshape(g, 2, c * 9)], dim=1
+        )
+        bias = torch.cat([self.affine.bias.reshape(g, 4), self.translation.bias.reshape(g, 2)], dim=1)
+        pred = grouped_linear(weight, neighbourhood(x, g), bias).reshape(b, g, 6, h, w)
+        return pred[:, :, :4].reshape(b, g * 4, h, w), pred[:, :, 4:].reshape(b, g * 2, h, w)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        taps = sample_taps(x, self.affine(x), self.translation(x), self.groups)
-        # one grouped 1x1 conv applies each group's 3x3 weights to its 9 taps
-        w = self.weight.reshape(self.groups * self.channels, self.channels * 9, 1, 1)
-        return F.conv2d(taps, w, self.bias, groups=self.groups)
+        b, _, h, w = x.shape
+        g, c = self.groups, self.channels
+        affine, translation = self.transform(x)
+        taps = sample_taps(x, affine, translation, g).reshape(b, g, c * 9, h * w)
+        bias = None if self.bias is None else self.bias.reshape(g, c)
+        out = grouped_linear(self.weight.reshape(g, c, c * 9), taps, bias)
+        return out.reshape(b, g * c, h, w)
 
 
 class AdaptiveBlock(nn.Module):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from grmpose.model.adaptive_conv import AdaptiveBlock
+from grmpose.model.adaptive_conv import AdaptiveBlock, grouped_linear
 from grmpose.model.blocks import BasicBlock, conv_bn
 
 
@@ -36,7 +36,16 @@ class OffsetHead(nn.Module):
         k, c = num_keypoints, channels_per_kpt
         self.transition = conv_bn(in_channels, k * c, kernel=1)
         self.blocks = nn.Sequential(*[AdaptiveBlock(c, groups=k) for _ in range(num_blocks)])
+        self.num_keypoints, self.channels = k, c
+        # per keypoint a 1x1 conv from its c channels to its 2 offsets (a grouped conv's weights,
+        # applied as one batched matmul: grouped CPU convolutions with few channels are slow)
         self.offset = nn.Conv2d(k * c, 2 * k, 1, groups=k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.offset(self.blocks(self.transition(x)))
+        y = self.blocks(self.transition(x))
+        b, _, h, w = y.shape
+        k, c = self.num_keypoints, self.channels
+        out = grouped_linear(
+            self.offset.weight.reshape(k, 2, c), y.reshape(b, k, c, h * w), self.offset.bias.reshape(k, 2)
+        )
+        return out.reshape(b, 2 * k, h, w)
