@@ -145,6 +145,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- predict
+def cmd_predict(args: argparse.Namespace) -> int:
+    from grmpose.predict import predict_main
+
+    if not (args.checkpoint or args.preset):
+        raise UserError("give --checkpoint CKPT (or --preset NAME for random weights)")
+    summary = predict_main(
+        args.source, args.out, checkpoint=args.checkpoint, preset=args.preset, spec=args.spec,
+        device=args.device, backend=args.backend, flip=args.flip, multi_scale=args.multi_scale,
+        decoder=args.decoder, show_maps=args.show_maps, score_threshold=args.score_threshold,
+        progress=not args.quiet, max_frames=args.max_frames, input_size=args.input_size,
+    )  # fmt: skip
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from grmpose.demo import DemoConfig, run_demo
@@ -243,6 +259,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON dict")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="poses for an image, folder, glob, video or webcam")
+    p.add_argument("source", help="image, folder, glob (quoted), video file or webcam index")
+    p.add_argument("--checkpoint", help=".safetensors/.pt checkpoint or .onnx model")
+    p.add_argument("--preset", help="random weights of a preset (smoke and speed tests)")
+    p.add_argument("--spec", default="coco", help="keypoint spec for --preset")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--flip", action="store_true", help="flip test")
+    p.add_argument("--multi-scale", action="store_true", help="scales 0.5, 1, 2")
+    p.add_argument("--decoder", default="regression", choices=["regression", "ae", "hybrid"])
+    p.add_argument("--show-maps", action="store_true", help="add heatmap/centre/offset panels")
+    p.add_argument("--score-threshold", type=float, default=0.1)
+    p.add_argument("--max-frames", type=int, default=None, help="video/webcam: stop after N frames")
+    p.add_argument("--input-size", type=int, default=None, help="short side at test time")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
         "demo", help="the main job: synthetic crowds -> train tiny on CPU -> evaluate -> pictures"

@@ -19,17 +19,6 @@ log = logging.getLogger(__name__)
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def model_forward(model: nn.Module, device: torch.device | str) -> Forward:
-    """Wrap a PyTorch model as ``forward(batch) -> (heatmaps, offsets, tags)`` in inference mode."""
-    model = model.eval()
-
-    @torch.inference_mode()
-    def forward(batch: torch.Tensor):
-        return tuple(model(batch.to(device)))
-
-    return forward
-
-
 def evaluate_forward(
     forward: Forward,
     spec: KeypointSpec,
@@ -106,10 +95,12 @@ def evaluate_model(
     **kwargs,
 ) -> dict:
     """``evaluate_forward`` for a PyTorch model (restores its train/eval mode afterwards)."""
+    from grmpose.api import TorchForward
+
     was_training = model.training
     try:
         return evaluate_forward(
-            model_forward(model, device), spec, input_size, ann_file, image_dir, results_path,
+            TorchForward(model, device), spec, input_size, ann_file, image_dir, results_path,
             flip=flip, max_images=max_images, progress=progress, **kwargs,
         )  # fmt: skip
     finally:
@@ -142,12 +133,12 @@ def evaluate_checkpoint(
     model, config, spec = load_model(checkpoint, spec=data_spec, device=device)
     out = Path(out) if out is not None else Path(checkpoint).parent / f"eval_{split}"
     out.mkdir(parents=True, exist_ok=True)
-    if backend == "onnxruntime":
-        from grmpose.api import onnx_forward_for_model
+    from grmpose.api import OnnxForward, TorchForward, export_cached
 
-        forward = onnx_forward_for_model(model, config, spec, out / "model.onnx")
+    if backend == "onnxruntime":
+        forward = OnnxForward(export_cached(model, config, spec, out / "model.onnx"), device=device)
     elif backend == "torch":
-        forward = model_forward(model, device)
+        forward = TorchForward(model, device)
     else:
         raise ValueError(f"unknown backend {backend!r}: choose torch or onnxruntime")
     rescorer = None
