@@ -59,6 +59,7 @@ class TrainConfig:
     batch_size: int = 10  # per process
     accumulate: int = 1  # split each batch into this many chunks (same gradient, less memory)
     lr: float = 1e-3
+    augment: bool = True  # the paper's augmentation; off for overfitting checks
     input_size: int | None = None  # default: the preset's
     workers: int = 2
     seed: int = 0
@@ -276,7 +277,7 @@ def train(cfg: TrainConfig) -> dict:
     else:
         ddp = model
 
-    dataset = PoseDataset(records, spec, model_cfg.input_size, augment=True, seed=cfg.seed)
+    dataset = PoseDataset(records, spec, model_cfg.input_size, augment=cfg.augment, seed=cfg.seed)
     collate_fn = TargetCollate(model_cfg.input_size // OUTPUT_STRIDE)
     runlog = RunLog(out, info.main)
     if info.main:

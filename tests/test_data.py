@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import dataclasses
 import logging
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -447,11 +449,11 @@ def test_dataset_sample_shapes(coco_records):
     assert sample["mask"].shape == (32, 32) and sample["mask"].dtype == torch.float32
     kp = sample["keypoints"]
     assert kp.dtype == torch.float32 and kp.ndim == 3 and kp.shape[1:] == (COCO.num_keypoints, 3)
-    assert sample["image_id"] in (785, 7281)
+    assert sample["image_id"] == ds.records[1].image_id
     batch = collate([ds[0], ds[1]])
     assert batch["image"].shape == (2, 3, 128, 128) and batch["mask"].shape == (2, 32, 32)
     assert isinstance(batch["keypoints"], list) and len(batch["keypoints"]) == 2
-    assert batch["image_id"].tolist() == [785, 7281]
+    assert batch["image_id"].tolist() == [ds.records[0].image_id, ds.records[1].image_id]
 
 
 def test_dataset_reproducible(coco_records):
@@ -495,8 +497,14 @@ def test_dataset_eval_mode_keypoints_and_mask(coco_records):
     assert (mask != naive).sum() <= 2
 
 
-def test_dataset_skips_unreadable_images(coco_records, caplog):
-    ds = PoseDataset(coco_records, COCO, 64, augment=False)  # 3 of the 5 image files are absent
+def test_dataset_skips_unreadable_images(coco_records, caplog, tmp_path):
+    # 3 of the 5 image files absent: keep only images 785 and 7281 next to the records
+    kept = {785, 7281}
+    for r in coco_records:
+        if r.image_id in kept:
+            shutil.copy(r.path, tmp_path / r.path.name)
+    coco_records = [dataclasses.replace(r, path=tmp_path / r.path.name) for r in coco_records]
+    ds = PoseDataset(coco_records, COCO, 64, augment=False)
     present = [r.path.is_file() for r in coco_records]
     expected_skips = 0
     for i in range(len(present)):

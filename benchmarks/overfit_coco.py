@@ -1,0 +1,59 @@
+"""Overfit ``tiny`` on the five real COCO sample images and evaluate on the same images.
+
+A check that targets, losses, training and decoding fit together on real data: a model that can
+learn these five images should reproduce their ground truth. Not a measure of generalisation.
+
+    python -m benchmarks.overfit_coco [--steps 400] [--out runs/overfit_coco]
+
+Writes ``benchmarks/results/overfit_coco.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from grmpose.evaluate_run import evaluate_checkpoint
+from grmpose.train import TrainConfig, train
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "coco" / "dataset.yaml"
+RESULTS = Path(__file__).resolve().parent / "results" / "overfit_coco.json"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--input-size", type=int, default=256)
+    parser.add_argument("--out", default="runs/overfit_coco")
+    args = parser.parse_args(argv)
+    t0 = time.time()
+    summary = train(
+        TrainConfig(
+            data=str(DATA), out=args.out, preset="tiny", epochs=100000, batch_size=5, augment=False,
+            input_size=args.input_size, workers=0, val_every=0, max_steps=args.steps, progress=True,
+            schedule="coco", lr_steps=(10**6,),
+        )
+    )  # fmt: skip
+    metrics = evaluate_checkpoint(
+        Path(args.out) / "last.safetensors", str(DATA), split="val", out=Path(args.out) / "eval", flip=False
+    )
+    result = {
+        "what": "tiny overfit on the 5 COCO sample images (no augmentation), evaluated on the same images",
+        "steps": summary["steps"],
+        "input_size": args.input_size,
+        "train_minutes": summary["minutes"],
+        "images_per_s": summary["images_per_s"],
+        "metrics": {k: v for k, v in metrics.items() if k != "results"},
+        "wall_minutes": (time.time() - t0) / 60,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
