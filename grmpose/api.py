@@ -7,9 +7,10 @@
 
 Two backends run the same network: ``torch`` (the model on ``device``) and ``onnxruntime`` (an
 ``InferenceSession`` of the exported model). Either one is a ``forward(batch B×3×H×W) ->
-(heatmaps, offsets, tags)`` callable; test-time augmentation and decoding are shared, so both give
-the same poses. For ONNX Runtime a checkpoint is exported once into a cache folder, with a
-``<name>.json`` sidecar holding the model config and keypoint spec, which ``from_onnx`` reads back.
+(heatmaps, offsets, tags)`` callable; test-time augmentation (flip, scales) and decoding are
+shared (``grmpose.tta.predict_poses``), so both give the same poses. For ONNX Runtime a checkpoint
+is exported once into a cache folder, with a ``<name>.json`` sidecar holding the model config and
+keypoint spec, which ``from_onnx`` reads back.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from grmpose.checkpoint import CheckpointError, load_model
 from grmpose.config import ModelConfig, get_preset
 from grmpose.data.coco import load_image
 from grmpose.spec import KeypointSpec, get_spec
+from grmpose.tta import predict_batch, predict_poses, run_forward
 
 log = logging.getLogger(__name__)
 
@@ -78,67 +80,6 @@ class Pose:
 def poses_from_arrays(poses: np.ndarray, scores: np.ndarray) -> list[Pose]:
     """``Pose`` objects from ``(N×K×3, N)`` arrays."""
     return [Pose(p, s) for p, s in zip(np.asarray(poses), np.asarray(scores).tolist())]
-
-
-# ------------------------------------------------------------------------------------------ TTA
-def _single_scale_predict(
-    forward: Forward,
-    image: np.ndarray,
-    spec: KeypointSpec,
-    input_size: int,
-    flip: bool = False,
-    scales: Sequence[float] = (1.0,),
-    decoder: str = "regression",
-    max_people: int = 30,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stand-in for ``grmpose.tta.predict_poses`` while that module is not there: one scale,
-    optional flip, regression decoding."""
-    from grmpose.decode import decode_image
-    from grmpose.inference import flip_input, flip_outputs, prepare_image
-
-    if tuple(scales) != (1.0,) or decoder != "regression":
-        raise ValueError(
-            f"scales {tuple(scales)} / decoder {decoder!r} need grmpose.tta, which is not installed; "
-            "only single scale (1.0) with the regression decoder is available"
-        )
-    tensor, m = prepare_image(image, input_size)
-    with torch.no_grad():
-        outputs = tuple(forward(tensor[None]))
-        if flip:
-            flipped = flip_outputs(forward(flip_input(tensor[None])), spec.flip_index)
-            outputs = tuple((a + b) / 2 for a, b in zip(outputs, flipped))
-    return decode_image(outputs, spec, image_to_input=m, max_people=max_people)
-
-
-def predict_poses(
-    forward: Forward,
-    image: np.ndarray,
-    spec: KeypointSpec,
-    input_size: int,
-    flip: bool = False,
-    scales: Sequence[float] = (1.0,),
-    decoder: str = "regression",
-    max_people: int = 30,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Poses of one RGB uint8 image: ``(N×K×3 (x, y, score) in image pixels, N scores)``.
-
-    Delegates to ``grmpose.tta.predict_poses`` (flip, multi-scale, decoders) when it is present,
-    else to a single-scale stand-in.
-    """
-    try:
-        from grmpose.tta import predict_poses as tta_predict
-    except ImportError:
-        tta_predict = _single_scale_predict
-    return tta_predict(
-        forward,
-        image,
-        spec,
-        input_size,
-        flip=flip,
-        scales=tuple(scales),
-        decoder=decoder,
-        max_people=max_people,
-    )
 
 
 # ------------------------------------------------------------------------------------------ backends
@@ -198,13 +139,25 @@ class OnnxForward:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types
             raise CheckpointError(f"{self.path}: cannot load ONNX model ({err})") from err
-        self.input_name = self.session.get_inputs()[0].name
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        # A model exported with a static batch (an int, not a symbol) runs one image at a time.
+        batch_dim = model_input.shape[0] if model_input.shape else None
+        self.static_batch = batch_dim if isinstance(batch_dim, int) else None
+        if self.static_batch is not None:
+            log.info("%s has a static batch size of %d; larger batches run in pieces", self.path, batch_dim)
         self.device = torch.device("cpu")
         log.info("onnxruntime session for %s on %s", self.path, self.session.get_providers()[0])
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        heat, off, tags = self.session.run(None, {self.input_name: x})[:3]
+        step = self.static_batch or len(x)
+        if step < 1 or len(x) % step:
+            raise ValueError(f"{self.path}: static batch {step} does not divide a batch of {len(x)}")
+        parts = [
+            self.session.run(None, {self.input_name: x[i : i + step]})[:3] for i in range(0, len(x), step)
+        ]
+        heat, off, tags = (np.concatenate([p[j] for p in parts]) for j in range(3))
         return torch.from_numpy(heat), torch.from_numpy(off), torch.from_numpy(tags)
 
 
@@ -579,7 +532,18 @@ class PoseEstimator:
             color: channel order of array inputs.
         """
         if isinstance(source, (list, tuple)):
-            return [self.predict_one(s, color) for s in source]
+            images = [_as_rgb(s, color) for s in source]
+            results = predict_batch(
+                self.forward,
+                images,
+                self.spec,
+                self.input_size,
+                flip=self.flip,
+                scales=self.scales,
+                decoder=self.decoder,
+                max_people=self.max_people,
+            )  # images of equal prepared size share a forward call
+            return [poses_from_arrays(poses, scores) for poses, scores in results]
         return self.predict_one(source, color)
 
     def stream(self, frames: Iterable[np.ndarray], color: str = "rgb") -> Iterator[list[Pose]]:
@@ -593,12 +557,8 @@ class PoseEstimator:
         Returns:
             ``(heatmaps (K+1)×h×w, offsets 2K×h×w, image_to_input 2×3)`` on the CPU.
         """
-        from grmpose.inference import flip_input, flip_outputs, prepare_image
+        from grmpose.inference import prepare_image
 
         tensor, m = prepare_image(image, self.input_size)
-        with torch.no_grad():
-            outputs = tuple(self.forward(tensor[None]))
-            if self.flip:
-                flipped = flip_outputs(self.forward(flip_input(tensor[None])), self.spec.flip_index)
-                outputs = tuple((a + b) / 2 for a, b in zip(outputs, flipped))
-        return outputs[0][0].cpu(), outputs[1][0].cpu(), m
+        heat, off, _ = run_forward(self.forward, tensor[None], self.spec.flip_index if self.flip else None)
+        return heat[0].cpu(), off[0].cpu(), m
