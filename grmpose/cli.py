@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("grmpose: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError, OSError) as err:
+    except (UserError, ValueError, ImportError, OSError) as err:
         if args.verbose:
             raise
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
