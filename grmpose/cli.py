@@ -138,9 +138,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         from grmpose.evaluate import format_metrics
 
-        print(format_metrics({k: v for k, v in metrics.items() if not k.startswith("images")}))
+        print(format_metrics({k: v for k, v in metrics.items() if isinstance(v, float)}))
+        unreadable = metrics.get("images_unreadable", 0)
         print(
-            f"{metrics['images']} of {metrics['images_total']} images evaluated; results in {metrics['results']}"
+            f"{metrics['images']} of {metrics['images_total']} images evaluated"
+            + (f" ({unreadable} unreadable, kept in the ground truth)" if unreadable else "")
+            + f"; results in {metrics['results']}"
         )
     return 0
 
@@ -310,6 +313,15 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"grmpose: error: {msg}", file=sys.stderr)
         return 2
+    except Exception as err:  # a bug, not a bad input: still one line; -v shows the traceback
+        if args.verbose:
+            raise
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(
+            f"grmpose: error: unexpected {type(err).__name__}: {msg} (run with -v for details)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -166,6 +166,10 @@ def check_ground_truth(gt: dict, spec: KeypointSpec, source: str = "<gt dict>") 
         if not isinstance(kps, list) or len(kps) != 3 * k:
             n = len(kps) if isinstance(kps, list) else "no"
             raise EvalError(f"{where}: {n} keypoint values, spec {spec.name!r} needs 3*{k} = {3 * k}")
+        if not ({type(v) for v in kps} <= _JSON_NUMBER_TYPES and math.isfinite(sum(kps))):
+            for j, v in enumerate(kps):
+                if not _is_number(v) or not math.isfinite(v):
+                    raise EvalError(f"{where}: keypoints[{j}] = {v!r} is not a finite number")
         bbox = ann.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4:
             raise EvalError(f"{where}: needs a 'bbox' [x, y, w, h]")

@@ -11,7 +11,13 @@ import torch
 from torch import nn
 
 from grmpose.data.coco import DataError, load_image
-from grmpose.evaluate import ResultsWriter, coverage, evaluate_keypoints, load_ground_truth
+from grmpose.evaluate import (
+    ResultsWriter,
+    check_ground_truth,
+    coverage,
+    evaluate_keypoints,
+    load_ground_truth,
+)
 from grmpose.spec import KeypointSpec
 
 log = logging.getLogger(__name__)
@@ -41,7 +47,8 @@ def evaluate_forward(
     """
     from grmpose.tta import predict_poses
 
-    gt, _ = load_ground_truth(ann_file)
+    gt, source = load_ground_truth(ann_file)
+    check_ground_truth(gt, spec, source)  # before predicting: a bad GT must not cost a full run
     images = sorted(gt.get("images", []), key=lambda im: im["id"])
     if max_images is not None:
         images = images[:max_images]

@@ -10,6 +10,9 @@ turns one COCO-format keypoint JSON into a list of :class:`ImageRecord`. Per ima
   when some of its keypoints are labelled, as in CrowdPose) and every person without a single
   labelled keypoint. A region is its polygons, its RLE, or its box when it has no segmentation.
 * Images without annotations are kept: they are negatives.
+* A labelled keypoint with a negative coordinate (below -0.5, i.e. outside the image) is treated
+  as unlabelled (``v = 0``), with one warning per file giving the count. NaN or infinite numbers
+  are errors.
 
 Dataset description files (YAML), read by :func:`resolve_dataset`::
 
@@ -267,6 +270,7 @@ def load_coco_keypoints(
         records[rec.image_id] = rec
 
     k = spec.num_keypoints
+    negative = 0
     people: dict[int, list[tuple[np.ndarray, np.ndarray, float, int]]] = {i: [] for i in records}
     for i, ann in enumerate(annotations):
         where = f"{source}: annotations[{i}]"
@@ -286,6 +290,10 @@ def load_coco_keypoints(
         kpts = kpts.reshape(k, 3)
         if np.any(kpts[:, 2] < 0) or np.any(kpts[:, 2] > 2):
             raise DataError(f"{where}: visibility flags must be 0, 1 or 2")
+        outside = (kpts[:, 2] > 0) & (kpts[:, :2] < -0.5).any(axis=1)  # left of / above pixel 0
+        if outside.any():
+            kpts[outside, 2] = 0  # treated as unlabelled (see the module docstring)
+            negative += int(outside.sum())
         bbox = ann.get("bbox")
         if bbox is not None:
             bbox = _finite_array(bbox, f"{where}.bbox")
@@ -316,6 +324,13 @@ def load_coco_keypoints(
         area = float(bbox[2] * bbox[3]) if area is None else float(_finite_array([area], f"{where}.area")[0])
         people[image_id].append((kpts, bbox, area, ann_id))
 
+    if negative:
+        logger.warning(
+            "%s: %d labelled keypoint(s) with negative coordinates (outside the image) treated as "
+            "unlabelled (v = 0)",
+            source,
+            negative,
+        )
     for image_id, rec in records.items():
         found = people[image_id]
         rec.keypoints = np.array([p[0] for p in found], dtype=np.float32).reshape(-1, k, 3)

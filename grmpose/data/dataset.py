@@ -120,7 +120,9 @@ class PoseDataset(torch.utils.data.Dataset):
             except DataError as err:
                 self.skipped += 1
                 logger.warning("skipping sample %d (image id %d): %s", i, self.records[i].image_id, err)
-        raise DataError(f"no readable image among the {n} records of the dataset")
+        raise DataError(
+            f"no readable image among the {n} records of the dataset (e.g. {self.records[0].path})"
+        )
 
     def params(self, index: int) -> AugmentParams:
         """Augmentation parameters of sample ``index`` (identity when ``augment`` is off)."""
