@@ -33,7 +33,7 @@ from torch import nn
 
 from grmpose.checkpoint import read_checkpoint, save_training_checkpoint, save_weights, unwrap
 from grmpose.config import ModelConfig, get_preset
-from grmpose.data.coco import load_coco_keypoints, resolve_dataset
+from grmpose.data.coco import DataError, ImageRecord, load_coco_keypoints, resolve_dataset
 from grmpose.data.dataset import OUTPUT_STRIDE, PoseDataset, collate
 from grmpose.losses import LossWeights, collate_targets, total_loss
 from grmpose.model.net import GRMPoseNet
@@ -141,6 +141,26 @@ def epoch_order(n: int, seed: int, epoch: int, batch: int, rank: int, world: int
     ]
 
 
+def present_images(records: list[ImageRecord], ann_file: Path) -> tuple[list[ImageRecord], int]:
+    """The records whose image file exists, and how many were missing (logged with the first names)."""
+    if not records:
+        raise DataError(f"{ann_file}: no images listed, nothing to train on")
+    exists = [r.path.is_file() for r in records]
+    present = [r for r, e in zip(records, exists) if e]
+    missing = [r for r, e in zip(records, exists) if not e]
+    if missing:
+        names = ", ".join(str(r.path) for r in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        log.warning(
+            "%s: %d of %d training images missing on disk, skipped: %s",
+            ann_file, len(missing), len(records), names,
+        )  # fmt: skip
+    if not present:
+        raise DataError(
+            f"{ann_file}: none of its {len(records)} images exists on disk (first: {records[0].path})"
+        )
+    return present, len(missing)
+
+
 def git_revision() -> str:
     try:
         out = subprocess.run(
@@ -236,7 +256,7 @@ def train(cfg: TrainConfig) -> dict:
             raise PermissionError(f"output folder is not writable: {out}")
 
     ann_file, image_dir, spec = resolve_dataset(cfg.data, "train")
-    records = load_coco_keypoints(ann_file, image_dir, spec)
+    records, missing_images = present_images(load_coco_keypoints(ann_file, image_dir, spec), ann_file)
     model_cfg: ModelConfig = get_preset(cfg.preset)
     if cfg.input_size:
         model_cfg = dataclasses.replace(model_cfg, input_size=cfg.input_size)
@@ -416,7 +436,10 @@ def train(cfg: TrainConfig) -> dict:
         "val": last_val,
         "stop_reason": stop_reason or "finished",
         "skipped_images": dataset.skipped,
+        "missing_images": missing_images,
     }
+    if dataset.skipped:
+        log.warning("skipped %d unreadable training sample(s) (see the warnings above)", dataset.skipped)
     if info.main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if info.world > 1:
