@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from grmpose.checkpoint import read_checkpoint, save_training_checkpoint, save_weights, unwrap
-from grmpose.config import ModelConfig, get_preset
+from grmpose.config import get_preset
 from grmpose.data.coco import DataError, ImageRecord, load_coco_keypoints, resolve_dataset
 from grmpose.data.dataset import OUTPUT_STRIDE, PoseDataset, collate
 from grmpose.losses import LossWeights, collate_targets, total_loss
@@ -257,9 +257,17 @@ def train(cfg: TrainConfig) -> dict:
 
     ann_file, image_dir, spec = resolve_dataset(cfg.data, "train")
     records, missing_images = present_images(load_coco_keypoints(ann_file, image_dir, spec), ann_file)
-    model_cfg: ModelConfig = get_preset(cfg.preset)
-    if cfg.input_size:
-        model_cfg = dataclasses.replace(model_cfg, input_size=cfg.input_size)
+    state, extra = None, {}
+    if cfg.resume:  # the checkpoint's model config is authoritative
+        state, model_cfg, ckpt_spec, extra = read_checkpoint(cfg.resume)
+        if ckpt_spec.num_keypoints != spec.num_keypoints:
+            raise ValueError(
+                f"{cfg.resume}: checkpoint spec {ckpt_spec.name!r} does not match the data's {spec.name!r}"
+            )
+    else:
+        model_cfg = get_preset(cfg.preset)
+        if cfg.input_size:
+            model_cfg = dataclasses.replace(model_cfg, input_size=cfg.input_size)
     epochs, milestones = lr_milestones(cfg, spec)
     fractions = time_fractions(cfg, spec)
 
@@ -271,14 +279,9 @@ def train(cfg: TrainConfig) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     start_epoch, start_step, global_step, best_ap = 0, 0, 0, -1.0
-    if cfg.resume:
-        state, ckpt_cfg, ckpt_spec, extra = read_checkpoint(cfg.resume)
-        if ckpt_spec.num_keypoints != spec.num_keypoints:
-            raise ValueError(
-                f"{cfg.resume}: checkpoint spec {ckpt_spec.name!r} does not match the data's {spec.name!r}"
-            )
+    if state is not None:
         model.load_state_dict(state)
-        if "optimizer" in extra:
+        if "optimizer" in extra:  # a training checkpoint (a .safetensors file only holds weights)
             optimizer.load_state_dict(extra["optimizer"])
             scheduler.load_state_dict(extra["scheduler"])
             if use_amp and extra.get("scaler"):
@@ -315,7 +318,8 @@ def train(cfg: TrainConfig) -> dict:
     t_start = time.time()
     images_seen, nonfinite, stop_reason = 0, 0, None
     last_val: dict = {}
-    train_time = 0.0
+    train_time = 0.0  # forward/backward/step only
+    loop_time = 0.0  # the epochs' loops, data loading included
 
     def checkpoint(epoch: int, step: int) -> None:
         if not info.main:
@@ -396,6 +400,7 @@ def train(cfg: TrainConfig) -> dict:
             if cfg.max_steps is not None and global_step >= cfg.max_steps:
                 stop_reason = f"{cfg.max_steps} steps reached"
                 break
+        loop_time += time.time() - t_epoch
         if hasattr(bar, "close"):
             bar.close()
         if stop_reason and "non-finite" in stop_reason:
@@ -405,7 +410,7 @@ def train(cfg: TrainConfig) -> dict:
         if epoch_done and cfg.max_minutes is None:
             scheduler.step()
         if info.main:
-            rate = images_seen / max(train_time, 1e-9)
+            rate = images_seen / max(loop_time, 1e-9)
             runlog.write({"kind": "epoch", "epoch": epoch, "step": global_step, "images_per_s": rate,
                           "epoch_seconds": time.time() - t_epoch}, global_step)  # fmt: skip
         if epoch_done:
@@ -431,7 +436,8 @@ def train(cfg: TrainConfig) -> dict:
     summary = {
         "epochs": epochs,
         "steps": global_step,
-        "images_per_s": images_seen / max(train_time, 1e-9),
+        "images_per_s": images_seen / max(loop_time, 1e-9),
+        "compute_images_per_s": images_seen / max(train_time, 1e-9),
         "minutes": (time.time() - t_start) / 60,
         "val": last_val,
         "stop_reason": stop_reason or "finished",

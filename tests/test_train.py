@@ -89,17 +89,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_cli_train(args: list[str], env: dict) -> None:
+    proc = subprocess.run([sys.executable, "-m", "grmpose.cli", "train", *args], capture_output=True, text=True,
+                          env=env, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_equal_one_process(synth, tmp_path):
     """2 gloo processes x batch 2 == 1 process x batch 4 split into 2 chunks (same BN batches).
 
     BatchNorm normalises with per-process batch statistics under DDP on CPU (no SyncBatchNorm),
     so the single-process twin accumulates gradients over the same two half-batches. Gradients
-    then agree to float32 round-off of the all-reduce; Adam turns round-off in near-zero
-    gradients into visible steps for a few weights, so the tolerance is stated on the whole
-    weight vector: after 2 Adam steps the two runs' weights differ by less than 1% of the
-    distance they moved from the initialisation (measured here: 0.05%), and more than 99% of
-    the weights agree within 1e-5. Running BN statistics differ by design (DDP keeps rank 0's).
+    then agree to float32 round-off of the all-reduce, but Adam's first steps divide each
+    gradient by its own magnitude, so weights whose gradient is round-off-sized (BN makes many
+    conv gradients nearly cancel) take visibly different steps. The tolerance is therefore stated
+    on the whole weight vector, after 2 Adam steps: the two runs' weights differ by less than 2%
+    of the distance they moved from the initialisation (measured: 0.5%), more than 90% of the
+    weights agree within 1e-5 (measured: 95%), and the DDP run is at least 4x closer to its
+    twin than to a single process that normalises over the whole batch of 4 (a real difference).
+    Running BN statistics differ by design (DDP keeps rank 0's) and are not compared.
     """
     size = "128"  # at 64 the stride-32 branch is 2 x 2: BN over 8 values amplifies round-off
     common = [
@@ -113,19 +122,24 @@ def test_ddp_two_processes_equal_one_process(synth, tmp_path):
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = train(
-        quick_config(synth, tmp_path / "one", epochs=1, batch_size=4, accumulate=2, input_size=int(size))
-    )
-    assert single["steps"] == 2
-    a, b = read_weights(tmp_path / "ddp"), read_weights(tmp_path / "one")
+    run_cli_train([*common, "--batch-size", "4", "--accumulate", "2", "--out", str(tmp_path / "twin")], env)
+    run_cli_train([*common, "--batch-size", "4", "--out", str(tmp_path / "whole")], env)
+    assert json.loads((tmp_path / "twin" / "summary.json").read_text())["steps"] == 2
+
     torch.manual_seed(5)
     model = build_model("tiny")
     init = model.state_dict()
     params = [name for name, _ in model.named_parameters()]
-    diff = torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in params))
-    moved = torch.sqrt(sum(((a[k] - init[k]) ** 2).sum() for k in params))
-    close = sum(((a[k] - b[k]).abs() <= 1e-5).sum().item() for k in params)
-    total = sum(a[k].numel() for k in params)
+
+    def distance(x: dict, y: dict) -> float:
+        return float(torch.sqrt(sum(((x[k] - y[k]) ** 2).sum() for k in params)))
+
+    a, twin, whole = (read_weights(tmp_path / name) for name in ("ddp", "twin", "whole"))
+    moved = distance(a, init)
+    close = sum(((a[k] - twin[k]).abs() <= 1e-5).sum().item() for k in params) / sum(
+        a[k].numel() for k in params
+    )
     assert moved > 1e-3  # the runs really trained
-    assert diff / moved < 0.01, float(diff / moved)
-    assert close / total > 0.99, close / total
+    assert distance(a, twin) / moved < 0.02, distance(a, twin) / moved
+    assert close > 0.90, close
+    assert distance(a, twin) * 4 < distance(a, whole), (distance(a, twin), distance(a, whole))
