@@ -164,6 +164,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- rescore-fit
+def cmd_rescore_fit(args: argparse.Namespace) -> int:
+    from grmpose.rescore import rescore_fit_main
+
+    info = rescore_fit_main(
+        args.checkpoint, args.data, args.out, split=args.split, max_images=args.max_images,
+        flip=not args.no_flip, epochs=args.epochs, device=args.device, progress=not args.quiet,
+    )  # fmt: skip
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from grmpose.demo import DemoConfig, run_demo
@@ -280,6 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="short side at test time")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("rescore-fit", help="fit the rescoring net on a model's own training-set predictions")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.add_argument("--split", default="train")
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--no-flip", action="store_true", help="predict without the flip test")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_rescore_fit)
 
     p = sub.add_parser(
         "demo", help="the main job: synthetic crowds -> train tiny on CPU -> evaluate -> pictures"
