@@ -254,6 +254,9 @@ def train(cfg: TrainConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         if not os.access(out, os.W_OK):
             raise PermissionError(f"output folder is not writable: {out}")
+        for stale in out.glob(".*.tmp*"):  # a run killed while writing a file leaves its temp file
+            stale.unlink()
+            log.info("removed %s, left by an interrupted run", stale)
 
     ann_file, image_dir, spec = resolve_dataset(cfg.data, "train")
     records, missing_images = present_images(load_coco_keypoints(ann_file, image_dir, spec), ann_file)
@@ -479,6 +482,9 @@ def _train_step(
     optimizer.zero_grad(set_to_none=True)
     total, parts_sum = 0.0, {}
     finite = True
+    # The forward pass updates BatchNorm statistics; a skipped step must undo that too.
+    buffers = list(model.buffers())
+    saved = [b.detach().clone() for b in buffers]
     for c in range(chunks):
         lo, hi = bounds[c], bounds[c + 1]
         chunk_targets = {k: v[lo:hi] for k, v in targets.items()}
@@ -507,6 +513,9 @@ def _train_step(
         scaler.update()
     else:
         optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for b, s in zip(buffers, saved):
+                b.copy_(s)
     return total, parts_sum, finite
 
 
