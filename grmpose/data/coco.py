@@ -126,6 +126,8 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"{path}: not valid JSON: {err}") from err
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not valid JSON (not UTF-8 text): {err}") from err
+    except (ValueError, RecursionError) as err:  # e.g. numbers too long, nesting too deep
+        raise DataError(f"{path}: not valid JSON: {type(err).__name__}: {err}") from err
 
 
 def _require(entry: dict, key: str, where: str) -> Any:
@@ -147,7 +149,7 @@ def _as_int(value: Any, where: str) -> int:
 def _finite_array(values: Any, where: str) -> np.ndarray:
     try:
         arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise DataError(f"{where}: expected a list of numbers: {err}") from err
     if arr.ndim != 1:
         raise DataError(f"{where}: expected a flat list of numbers, got shape {arr.shape}")
@@ -159,9 +161,15 @@ def _finite_array(values: Any, where: str) -> np.ndarray:
 def _keypoint_categories(data: dict, source: Path) -> set[int] | None:
     """Ids of the categories that define keypoints, or ``None`` to accept every annotation."""
     cats = data.get("categories")
-    if not isinstance(cats, list) or len(cats) <= 1:
+    if cats is not None and not isinstance(cats, list):
+        raise DataError(f"{source}: field 'categories' must be a list")
+    if not cats or len(cats) <= 1:
         return None
-    ids = {c["id"] for c in cats if isinstance(c, dict) and "id" in c and c.get("keypoints")}
+    ids = {
+        _as_int(c["id"], f"{source}: categories[{i}].id")
+        for i, c in enumerate(cats)
+        if isinstance(c, dict) and "id" in c and c.get("keypoints")
+    }
     if not ids:
         logger.warning("%s: no category lists keypoints; accepting every annotation", source)
         return None
@@ -171,7 +179,7 @@ def _keypoint_categories(data: dict, source: Path) -> set[int] | None:
 def _check_category_names(data: dict, spec: KeypointSpec, source: Path) -> None:
     for cat in data.get("categories") or []:
         names = cat.get("keypoints") if isinstance(cat, dict) else None
-        if names and len(names) == spec.num_keypoints and tuple(names) != spec.keypoints:
+        if isinstance(names, list) and len(names) == spec.num_keypoints and tuple(names) != spec.keypoints:
             logger.warning(
                 "%s: category %r keypoint names differ from spec %r: %s",
                 source,
@@ -215,10 +223,18 @@ def _check_segmentation(seg: Any, where: str) -> list | dict | None:
     if isinstance(seg, dict):
         size = _require(seg, "size", f"{where}.segmentation")
         counts = _require(seg, "counts", f"{where}.segmentation")
-        if not (isinstance(size, list) and len(size) == 2):
+        if not (isinstance(size, list) and len(size) == 2) or any(
+            _as_int(v, f"{where}.segmentation.size") < 0 for v in size
+        ):
             raise DataError(f"{where}: segmentation 'size' must be [height, width], got {size!r}")
-        if not isinstance(counts, (str, list)):
-            raise DataError(f"{where}: segmentation 'counts' must be a string or a list of integers")
+        if not (
+            isinstance(counts, str)
+            or isinstance(counts, list)
+            and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
+        ):
+            raise DataError(
+                f"{where}: segmentation 'counts' must be a string or a list of non-negative integers"
+            )
         return seg
     if isinstance(seg, list):
         polys = []
@@ -259,8 +275,8 @@ def load_coco_keypoints(
         raise DataError(f"{source}: field 'images' must be a list")
     if not isinstance(annotations, list):
         raise DataError(f"{source}: field 'annotations' must be a list")
+    keep_categories = _keypoint_categories(data, source)  # checks that 'categories' is a list
     _check_category_names(data, spec, source)
-    keep_categories = _keypoint_categories(data, source)
 
     records: dict[int, ImageRecord] = {}
     for i, entry in enumerate(images):
@@ -276,8 +292,10 @@ def load_coco_keypoints(
         where = f"{source}: annotations[{i}]"
         ann_id = _as_int(_require(ann, "id", where), f"{where}.id")
         where = f"{source}: annotation id {ann_id}"
-        if keep_categories is not None and ann.get("category_id") not in keep_categories:
-            continue
+        if keep_categories is not None:
+            category = ann.get("category_id")
+            if category is None or _as_int(category, f"{where}.category_id") not in keep_categories:
+                continue
         image_id = _as_int(_require(ann, "image_id", where), f"{where}.image_id")
         if image_id not in records:
             raise DataError(f"{where}: image_id {image_id} is not in 'images'")
@@ -392,7 +410,12 @@ def rle_decode(rle: dict) -> np.ndarray:
 def _region_mask(region: IgnoreRegion, height: int, width: int) -> np.ndarray:
     seg = region.segmentation
     if isinstance(seg, dict):
-        m = rle_decode(seg)
+        try:
+            m = rle_decode(seg)
+        except ValueError as err:
+            raise DataError(
+                f"ignore region of annotation {region.ann_id}: invalid RLE segmentation: {err}"
+            ) from err
         if m.shape != (height, width):
             logger.warning(
                 "ignore region of annotation %d: RLE size %s differs from image %dx%d; resizing",
