@@ -104,6 +104,13 @@ def real_jpeg_bytes() -> bytes:
     return SKIERS.read_bytes()
 
 
+def corrupt_jpeg() -> bytes:
+    """A real JPEG header followed by noise that libjpeg cannot decode (seed 0: "broken data stream";
+    some other noise decodes to garbage pixels without an error, as in any image viewer)."""
+    noise = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    return real_jpeg_bytes()[:600] + noise
+
+
 def small_rgb() -> Image.Image:
     with Image.open(SKIERS) as im:
         return im.convert("RGB").crop((200, 100, 296, 164))  # 96 x 64
@@ -229,7 +236,7 @@ class Ctx:
 ERROR_CASES: dict[str, Callable[[Ctx], tuple[list, list[str]]]] = {
     # ---- images given to predict
     "corrupt JPEG": lambda c: (
-        c.predict(c.file("corrupt.jpg", real_jpeg_bytes()[:600] + os.urandom(4000))), ["corrupt.jpg"]),
+        c.predict(c.file("corrupt.jpg", corrupt_jpeg())), ["corrupt.jpg"]),
     "truncated JPEG": lambda c: (
         c.predict(c.file("cut.jpg", real_jpeg_bytes()[: len(real_jpeg_bytes()) // 2])), ["cut.jpg", "truncated"]),
     "truncated PNG": lambda c: (
@@ -349,11 +356,23 @@ def test_pickled_object_is_refused_by_every_entry_point(ckpt, tmp_path, capsys):
             "--quiet",
         ],  # fmt: skip
         "export": ["export", "--checkpoint", evil, "--output", out / "m.onnx"],
+        "eval --rescore": [
+            "eval",
+            "--checkpoint",
+            ckpt,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--rescore",
+            evil,
+            "--quiet",
+        ],
     }
     for name, argv in runs.items():
         rc, _, err = cli(argv, capsys)
         line = assert_one_line_error(rc, err, "evil.pt")
-        assert "safely" in line or "Unsupported global" in line, (name, line)
+        assert any(w in line for w in ("safely", "Unsupported global", "safetensors")), (name, line)
         assert not marker.exists(), f"{name} executed the pickle"
     assert [p for p in files_in(out) if p.suffix in (".json", ".onnx", ".pt", ".safetensors")] == []
 
@@ -447,6 +466,17 @@ def test_exif_rotated_photo_gives_poses_in_the_upright_frame(ckpt, tmp_path, cap
     for a, b in zip(res_rot, res_ref):
         np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=0.02)
         assert a["score"] == pytest.approx(b["score"], abs=1e-3)
+
+
+def test_eval_of_a_results_file_reports_coverage(tmp_path, capsys):
+    """Every GT image is accounted for: those without any prediction are counted, not dropped."""
+    gt = coco_gt((785, 7281))
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    res = [{"image_id": 785, "category_id": 1, "keypoints": [1.0] * 51, "score": 0.5}]
+    (tmp_path / "res.json").write_text(json.dumps(res))
+    rc, stdout, err = cli(["eval", "--gt", tmp_path / "gt.json", "--results", tmp_path / "res.json"], capsys)
+    assert rc == 0, err
+    assert "1 of 2 images evaluated (1 without predictions, 1 of them with labelled people)" in stdout
 
 
 def test_bad_image_in_a_folder_is_skipped_and_counted(ckpt, tmp_path, capsys, caplog):
