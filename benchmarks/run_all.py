@@ -1,0 +1,224 @@
+"""Run every benchmark and write ``benchmarks/results/bench.json`` and ``bench.md``.
+
+    python -m benchmarks.run_all            # the full run (~20 min on 2 cores)
+    python -m benchmarks.run_all --quick    # smoke test: tiny only, few repeats, small streams
+
+All figures of one file come from one run on one machine; compare them as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmarks.decoding import bench_decoding
+from grmpose.bench import bench_models, cpu_gflops, run_child
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FULL_PRESETS = ("tiny", "grmpose-w32", "grmpose-w32-nogrm", "grmpose-w32-nomfa", "grmpose-w32-base",
+                "dekr-w32", "grmpose-w48")  # fmt: skip
+ORT_PRESETS = ("tiny", "grmpose-w32", "grmpose-w32-base", "dekr-w32")
+COMPILE_PRESETS = ("grmpose-w32", "dekr-w32")
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run(
+    quick: bool = False,
+    out_dir: Path = RESULTS,
+    threads: int = 2,
+    quick_backends: tuple[str, ...] = ("eager", "onnxruntime"),
+    training: bool = True,
+) -> dict:
+    """Run the suite; returns the results dict (also written to ``out_dir``).
+
+    Args:
+        quick: smoke test (tiny at 128 only, few repeats, a 300-image evaluation stream).
+        quick_backends: backends of the quick model run (tests use eager only, to stay fast).
+        training: include the training memory/throughput children.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads)
+    result: dict = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": threads,
+            "load_average_start": load_average(),
+        },  # fmt: skip
+    }
+    result["cpu"] = cpu_gflops(threads, repeats=3 if quick else 5)
+    mm = result["cpu"]["matmul_gflops"]
+    reps, warm = (2, 1) if quick else (5, 2)
+    if quick:
+        models = bench_models(["tiny"], input_size=128, threads=threads, repeats=reps, warmup=warm,
+                              backends=quick_backends, matmul_gflops=mm)  # fmt: skip
+    else:
+        models = []
+        for backend, presets in (("eager", FULL_PRESETS), ("onnxruntime", ORT_PRESETS),
+                                 ("compile", COMPILE_PRESETS)):  # fmt: skip
+            models += bench_models(presets, threads=threads, repeats=reps, warmup=warm, backends=(backend,),
+                                   matmul_gflops=mm, timeout=900)  # fmt: skip
+        from grmpose.bench import add_ratios
+
+        add_ratios(models, keys=("median_ms", "min_ms"))
+    result["models"] = models
+    if not quick:
+        result["profiles"] = [
+            run_child("grmpose.bench", "profile_eager", {"preset": p, "threads": threads}, threads)
+            for p in ("grmpose-w32", "dekr-w32")
+        ]
+    result["decoding"] = bench_decoding(
+        people=(1, 30) if quick else (1, 5, 10, 20, 30), repeats=3 if quick else 20, threads=threads
+    )
+    mem: dict = {}
+    if not quick:
+        mem["predict"] = [
+            run_child("benchmarks.memory", "predict_memory", {"flip": f}, threads, 900) for f in (False, True)
+        ]
+    n_eval = 300 if quick else 5000
+    mem["evaluation"] = run_child(
+        "benchmarks.memory", "evaluation_memory", {"num_images": n_eval, "every": n_eval // 10}, threads, 900
+    )
+    with tempfile.TemporaryDirectory(prefix="grmpose-bench-") as tmp:
+        data = (
+            None
+            if not training
+            else run_child(
+                "benchmarks.memory", "make_synthetic", {"out": tmp, "images": 8 if quick else 40}, threads
+            )
+        )
+        if data is None:
+            pass
+        elif isinstance(data, dict):  # the child failed
+            mem["train"] = data
+        else:
+            steps, batch = (1, 4) if quick else (6, 8)
+            mem["train"] = run_child("benchmarks.memory", "train_memory",
+                                     {"data": data, "out": f"{tmp}/run", "steps": steps, "batch_size": batch},
+                                     threads, 900)  # fmt: skip
+            mem["train_workers"] = [
+                run_child("benchmarks.memory", "train_throughput",
+                          {"data": data, "workers": w, "steps": steps, "batch_size": batch}, threads, 900)
+                for w in ((0,) if quick else (0, 1, 2))
+            ]  # fmt: skip
+    result["memory"] = mem
+    result["machine"]["load_average_end"] = load_average()
+    (out_dir / "bench.json").write_text(json.dumps(result, indent=1, default=float))
+    (out_dir / "bench.md").write_text(markdown(result))
+    return result
+
+
+def _f(x, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    """The results as Markdown tables (ratios to dekr-w32 on the same backend)."""
+    cpu, m = result["cpu"], result["machine"]
+    lines = [
+        f"# grmpose benchmarks ({result['date']}{', quick smoke run' if result['quick'] else ''})",
+        "",
+        f"{m['cpu_count']} CPUs, {m['threads']} threads, torch {m['torch']}; load average "
+        f"{m['load_average_start']} at start, {m.get('load_average_end')} at end (the cores are shared: "
+        "absolute times are noisy, the ratios of one run are what to read).",
+        "",
+        f"CPU fp32: sgemm 2048² **{_f(cpu['matmul_gflops'])} GFLOP/s** (best; median {_f(cpu['matmul_gflops_median'])}), "
+        f"3×3 conv {_f(cpu['conv3x3_gflops'])} GFLOP/s (median {_f(cpu['conv3x3_gflops_median'])}).",
+        "",
+        "## Models (batch 1, latency = median of timed runs; min in brackets)",
+        "",
+        "| preset | backend | input | params (M) | GMACs | latency ms | vs dekr-w32 | GFLOP/s | % of sgemm | peak RSS MiB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in result["models"]:
+        ok = r.get("status") == "ok"
+        note = r.get("variant", "") if ok else r.get("reason", "")
+        if ok and "compile_s" in r:
+            note = f"compile {r['compile_s']:.0f} s"
+        if ok and "export_s" in r:
+            note = f"export {r['export_s']:.0f} s"
+        lat = f"{r['median_ms']:.0f} ({r['min_ms']:.0f})" if ok else "n/a"
+        ratio = r.get("median_ms_vs_dekr-w32")
+        lines.append(
+            f"| {r['preset']} | {r['backend']} | {r['input_size']} | {r['params'] / 1e6:.1f} | {r['gmacs']:.1f} | "
+            f"{lat} | {_f(ratio, 2)} | {_f(r.get('achieved_gflops'))} | {_f(100 * r['matmul_share'] if ok else None)} | "
+            f"{_f(r.get('peak_rss_mib'), 0)} | {note} |"
+        )
+    eager = [r for r in result["models"] if r["backend"] == "eager" and r.get("status") == "ok"]
+    if eager:
+        lines += ["", "Eager variants (interleaved, median ms): folded / folded channels-last / unfolded", ""]
+        for r in eager:
+            v = r["variants"]
+            lines.append(f"* {r['preset']}: {v['folded']['median_ms']:.0f} / "
+                         f"{v['folded_channels_last']['median_ms']:.0f} / {v['unfolded']['median_ms']:.0f}")  # fmt: skip
+    for p in result.get("profiles", []):
+        if "ops" not in p:
+            continue
+        lines += ["", f"Top operators, eager {p['preset']} (folded), self CPU of {p['total_ms']:.0f} ms:", ""]
+        lines += [
+            f"* {o['name']}: {o['self_ms']:.0f} ms ({100 * o['share']:.0f} %, {o['calls']} calls)"
+            for o in p["ops"][:8]
+        ]
+    lines += ["", "## Decoding per image (128×128 maps, ms; median (min))", "",
+              "| decoder | flip | " + " | ".join(f"{n} people" for n in sorted({d['people'] for d in result['decoding']})) + " |"]  # fmt: skip
+    people = sorted({d["people"] for d in result["decoding"]})
+    lines.append("|---|---|" + "---|" * len(people))
+    for dec in dict.fromkeys(d["decoder"] for d in result["decoding"]):
+        for flip in (False, True):
+            cells = []
+            for n in people:
+                d = next(
+                    (
+                        d
+                        for d in result["decoding"]
+                        if d["decoder"] == dec and d["flip"] == flip and d["people"] == n
+                    ),
+                    None,
+                )
+                cells.append(f"{d['median_ms']:.1f} ({d['min_ms']:.1f})" if d else "")
+            lines.append(f"| {dec} | {flip} | " + " | ".join(cells) + " |")
+    mem = result["memory"]
+    lines += ["", "## Memory and training", ""]
+    for p in mem.get("predict", []):
+        lines.append(f"* `grmpose predict` grmpose-w32 at 512, flip {p.get('flip')}: peak RSS "
+                     f"{_f(p.get('peak_rss_mib'), 0)} MiB, {_f(p.get('seconds_per_call'), 2)} s per call {p.get('reason', '')}")  # fmt: skip
+    ev = mem.get("evaluation", {})
+    lines.append(f"* evaluation stream of {ev.get('images')} images: RSS samples {ev.get('samples')}, slope "
+                 f"{_f(ev.get('slope_kib_per_image'), 2)} KiB/image, peak {_f(ev.get('peak_rss_mib'), 0)} MiB {ev.get('reason', '')}")  # fmt: skip
+    tr = mem.get("train", {})
+    lines.append(
+        f"* tiny training (workers 0): peak RSS {_f(tr.get('peak_rss_mib'), 0)} MiB {tr.get('reason', '')}"
+    )
+    for w in mem.get("train_workers", []):
+        lines.append(f"* workers {w.get('workers')}: train {_f(w.get('train_images_per_s'), 2)} img/s, "
+                     f"loader alone {_f(w.get('loader_images_per_s'), 1)} img/s {w.get('reason', '')}")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny only, few repeats")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    run(args.quick, args.out, args.threads)
+    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Benchmark suite smoke tests: structure and finite positive figures, never speed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from benchmarks.decoding import crowd_maps, decode_once, network_outputs
+from benchmarks.run_all import run
+from grmpose.bench import add_ratios, time_calls
+from grmpose.spec import get_spec
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_time_calls_fields() -> None:
+    t = time_calls(lambda: sum(range(100)), repeats=3, warmup=1)
+    assert len(t["times_ms"]) == 3 and t["min_ms"] <= t["median_ms"]
+
+
+def test_add_ratios_against_reference_of_same_backend() -> None:
+    rows = [
+        {"preset": "dekr-w32", "backend": "eager", "status": "ok", "median_ms": 10.0, "gmacs": 4.0},
+        {"preset": "a", "backend": "eager", "status": "ok", "median_ms": 5.0, "gmacs": 1.0},
+        {"preset": "a", "backend": "onnxruntime", "status": "ok", "median_ms": 5.0, "gmacs": 1.0},
+    ]
+    add_ratios(rows)
+    assert rows[1]["median_ms_vs_dekr-w32"] == 0.5 and rows[1]["gmacs_vs_dekr-w32"] == 0.25
+    assert "median_ms_vs_dekr-w32" not in rows[2]  # no reference on that backend
+
+
+def test_crowd_maps_decode_every_person() -> None:
+    spec = get_spec("coco")
+    for decoder in ("regression", "ae", "hybrid"):
+        for flip in (False, True):
+            outs = network_outputs(crowd_maps(7, 256), flip, spec)
+            assert decode_once(outs, decoder, flip, 256, spec) == 7
+
+
+def test_quick_run_structure(tmp_path) -> None:
+    torch.set_num_threads(2)
+    result = run(quick=True, out_dir=tmp_path, quick_backends=("eager",), training=False)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["quick"] is True
+    assert "| tiny | eager |" in (tmp_path / "bench.md").read_text()
+    assert _positive(result["cpu"]["matmul_gflops"]) and _positive(result["cpu"]["conv3x3_gflops"])
+    (row,) = result["models"]
+    assert row["status"] == "ok", row
+    for key in ("median_ms", "min_ms", "params", "gmacs", "peak_rss_mib", "achieved_gflops", "matmul_share"):
+        assert _positive(row[key]), key
+    assert row["max_abs_diff_folded"] < 1e-3
+    assert {d["decoder"] for d in result["decoding"]} == {"regression", "ae", "hybrid"}
+    assert all(_positive(d["median_ms"]) and d["found"] == d["people"] for d in result["decoding"])
+    ev = result["memory"]["evaluation"]
+    assert ev["images"] == 300 and len(ev["samples"]) == 10 and math.isfinite(ev["slope_kib_per_image"])
