@@ -12,7 +12,7 @@ resident memory belongs to that one model and backend, and no backend warms anot
   run with ``ORT_ENABLE_ALL`` graph optimisation and ``intra_op_num_threads = threads``.
 
 Latency is per image at batch 1: the median (and the minimum) of ``repeats`` timed calls after
-``warmup`` untimed ones. Peak memory is the child process's ``ru_maxrss`` (high-water resident set,
+``warmup`` untimed ones. Peak memory is the child process's ``VmHWM`` (high-water resident set,
 model build + export + all runs included) next to its resident set right after ``import torch``.
 The machine's own fp32 speed is measured in the same run (``cpu_gflops``: sgemm and a 3x3
 convolution) so achieved forward GFLOP/s can be stated as a share of it.
@@ -59,7 +59,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # ------------------------------------------------------------------------------------ measuring
 def peak_rss_mib() -> float:
-    """High-water resident set of this process, MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    """High-water resident set of this process, MiB: ``VmHWM`` of ``/proc/self/status``.
+
+    Not ``ru_maxrss``: Linux carries a parent's high-water mark through ``fork`` + ``exec`` into the
+    child's ``ru_maxrss`` (and so into ``RUSAGE_CHILDREN``), so a child started by a big parent
+    would report the parent's size. ``VmHWM`` belongs to the child's own address space. Falls back
+    to ``ru_maxrss`` where ``/proc`` is missing.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -288,8 +301,7 @@ def run_child(module: str, function: str, kwargs: dict, threads: int = 2, timeou
     """Call ``module.function(**kwargs)`` in a fresh Python process; return its JSON-able result.
 
     The child gets ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = ``threads`` and the repository root on
-    ``PYTHONPATH`` (so ``benchmarks.*`` imports). Its peak memory is its own ``ru_maxrss``; the
-    parent's ``RUSAGE_CHILDREN`` is also recorded (``children_maxrss_mib``: the largest child so far).
+    ``PYTHONPATH`` (so ``benchmarks.*`` imports). Tasks report their own peak (``peak_rss_mib``).
 
     Returns:
         the function's dict, or ``{"status": "n/a", "reason": ...}`` when the child fails or times out.
@@ -316,11 +328,7 @@ def run_child(module: str, function: str, kwargs: dict, threads: int = 2, timeou
         return {"status": "n/a", "reason": f"timed out after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(_RESULT_MARK):
-            result = json.loads(line[len(_RESULT_MARK) :])
-            children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-            if isinstance(result, dict):
-                result.setdefault("children_maxrss_mib", children)
-            return result
+            return json.loads(line[len(_RESULT_MARK) :])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
     return {"status": "n/a", "reason": f"child exited with {proc.returncode}: {tail[0][:300]}"}
 
