@@ -351,8 +351,10 @@ class PoseEstimator:
     ) -> PoseEstimator:
         size = input_size or config.input_size
         if backend == "torch":
+            from grmpose.fuse import fuse_model
+
             return cls(
-                TorchForward(model, device),
+                TorchForward(fuse_model(model, inplace=True), device),  # BatchNorm folded for inference
                 spec,
                 size,
                 backend=backend,

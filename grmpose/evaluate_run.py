@@ -145,7 +145,9 @@ def evaluate_checkpoint(
     if backend == "onnxruntime":
         forward = OnnxForward(export_cached(model, config, spec, out / "model.onnx"), device=device)
     elif backend == "torch":
-        forward = TorchForward(model, device)
+        from grmpose.fuse import fuse_model
+
+        forward = TorchForward(fuse_model(model, inplace=True), device)  # BatchNorm folded for inference
     else:
         raise ValueError(f"unknown backend {backend!r}: choose torch or onnxruntime")
     rescorer = None
