@@ -35,12 +35,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", default="runs/bench_synthetic")
+    parser.add_argument("--offset-loss", type=float, default=0.03, help="offset loss factor (DEKR: 0.03)")
     parser.add_argument("--tag", default="", help="suffix for the results files")
     args = parser.parse_args(argv)
     cfg = DemoConfig(
         out=args.out, minutes=args.minutes, train_images=args.train_images, val_images=args.val_images,
         max_people=args.max_people, input_size=args.input_size, batch_size=args.batch_size,
-        workers=args.workers, pictures=4, progress=False,
+        workers=args.workers, pictures=4, progress=False, offset_loss=args.offset_loss,
     )  # fmt: skip
     t0 = time.time()
     result = run_demo(cfg)

@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed, val_every=args.val_every, val_images=args.val_images, max_minutes=args.max_minutes,
         max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, device=args.device,
         resume=args.resume, amp=not args.no_amp, progress=not args.quiet, schedule=args.schedule,
-        lr_steps=tuple(args.lr_steps) if args.lr_steps else None,
+        lr_steps=tuple(args.lr_steps) if args.lr_steps else None, offset_loss=args.offset_loss,
     )  # fmt: skip
     summary = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -174,6 +174,33 @@ def cmd_rescore_fit(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(json.dumps(info, indent=2, default=str))
     return 0
+
+
+# ---------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from grmpose.bench import bench_models
+
+    presets = args.presets or (["tiny"] if args.quick else ["tiny", "grmpose-w32", "dekr-w32"])
+    rows = bench_models(
+        presets, input_size=args.input_size, threads=args.threads, repeats=2 if args.quick else args.repeats,
+        warmup=1 if args.quick else args.warmup, backends=args.backends,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    print(
+        f"{'preset':<20} {'backend':<12} {'input':>5} {'latency ms':>11} {'vs dekr-w32':>11} {'peak MiB':>9}"
+    )
+    for r in rows:
+        ratio = r.get("median_ms_vs_dekr-w32")
+        print(f"{r['preset']:<20} {r['backend']:<12} {r['input_size']:>5} {_fmt(r.get('median_ms')):>11} "
+              f"{_fmt(ratio, 2):>11} {_fmt(r.get('peak_rss_mib'), 0):>9}")  # fmt: skip
+    print("full suite with decoding, memory and a Markdown table: python -m benchmarks.run_all")
+    return 0
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "n/a" if value is None or isinstance(value, str) else f"{value:.{digits}f}"
 
 
 # ---------------------------------------------------------------- demo
@@ -253,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--resume", default=None, help="a last.pt to continue from")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--offset-loss", type=float, default=0.03, help="offset loss factor (DEKR: 0.03)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -304,6 +332,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_rescore_fit)
+
+    p = sub.add_parser("bench", help="latency and memory of presets per backend, side by side with dekr-w32")
+    p.add_argument("presets", nargs="*", metavar="PRESET", help="default: tiny, grmpose-w32, dekr-w32")
+    p.add_argument(
+        "--backends", nargs="+", default=["eager", "onnxruntime"], choices=["eager", "compile", "onnxruntime"]
+    )
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="tiny only, few repeats (a smoke run)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
         "demo", help="the main job: synthetic crowds -> train tiny on CPU -> evaluate -> pictures"

@@ -32,6 +32,7 @@ class DemoConfig:
     flip: bool = True
     pictures: int = 6
     progress: bool = True
+    offset_loss: float = 0.03
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -63,7 +64,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         TrainConfig(
             data=str(data), out=str(run), preset="tiny", epochs=1000, batch_size=cfg.batch_size,
             input_size=cfg.input_size, workers=cfg.workers, seed=cfg.seed, val_every=0,
-            max_minutes=cfg.minutes, progress=cfg.progress, checkpoint_every=200,
+            max_minutes=cfg.minutes, progress=cfg.progress, checkpoint_every=200, offset_loss=cfg.offset_loss,
         )
     )  # fmt: skip
     checkpoint = run / "last.safetensors"

@@ -74,6 +74,9 @@ class TrainConfig:
     device: str = "auto"
     resume: str | None = None
     max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
+    offset_loss: float = (
+        0.03  # factor of the offset loss (DEKR's); short CPU runs learn offsets faster with more
+    )
     progress: bool = True
 
     def to_dict(self) -> dict:
@@ -368,7 +371,15 @@ def train(cfg: TrainConfig) -> dict:
         for batch in bar:
             t0 = time.time()
             loss_value, parts, finite = _train_step(
-                ddp, optimizer, scaler, batch, device, use_amp, cfg.accumulate, info
+                ddp,
+                optimizer,
+                scaler,
+                batch,
+                device,
+                use_amp,
+                cfg.accumulate,
+                info,
+                LossWeights(offset=cfg.offset_loss),
             )
             step += 1
             train_time += time.time() - t0
@@ -473,6 +484,7 @@ def _train_step(
     use_amp: bool,
     accumulate: int,
     info: DistInfo,
+    loss_weights: LossWeights,
 ) -> tuple[float, dict[str, float], bool]:
     """One optimiser step over the batch (split into ``accumulate`` chunks); skipped if not finite."""
     images = batch["image"].to(device, non_blocking=True)
@@ -493,7 +505,7 @@ def _train_step(
         with ctx:
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 outputs = model(images[lo:hi])
-            loss, parts = total_loss(tuple(o.float() for o in outputs), chunk_targets, LossWeights())
+            loss, parts = total_loss(tuple(o.float() for o in outputs), chunk_targets, loss_weights)
             if not torch.isfinite(loss):
                 finite = False
             scaler.scale(loss / chunks).backward()
