@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import tempfile
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import nn
 from grmpose.checkpoint import CheckpointError, load_model
 from grmpose.config import ModelConfig, get_preset
 from grmpose.data.coco import load_image
+from grmpose.fileio import atomic_path
 from grmpose.spec import KeypointSpec, get_spec
 from grmpose.tta import predict_batch, predict_poses, run_forward
 
@@ -185,13 +185,8 @@ def write_sidecar(onnx_path: str | Path, config: ModelConfig, spec: KeypointSpec
     """Store the model config and keypoint spec next to an ONNX file (atomically)."""
     path = sidecar_path(onnx_path)
     payload = {"format": SIDECAR_FORMAT, "config": config.to_dict(), "spec": spec.to_dict(), **extra}
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from grmpose.config import ModelConfig
+from grmpose.fileio import atomic_path
 from grmpose.spec import KeypointSpec
 
 
@@ -34,17 +35,10 @@ class CheckpointError(ValueError):
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temp file, fsync, then rename over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 
@@ -62,16 +56,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 def save_weights(path: str | Path, model: nn.Module, config: ModelConfig, spec: KeypointSpec) -> Path:
     """Write shareable weights: safetensors with the config and spec in its metadata."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     meta = {"format": "grmpose", "config": json.dumps(config.to_dict()), "spec": json.dumps(spec.to_dict())}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

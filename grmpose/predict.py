@@ -35,6 +35,7 @@ from tqdm import tqdm
 from grmpose.api import PoseEstimator, open_video, poses_from_arrays
 from grmpose.data.coco import DataError, load_image
 from grmpose.evaluate import ResultsWriter
+from grmpose.fileio import atomic_path
 from grmpose.visualize import draw_poses, render_maps, save_image, side_by_side
 
 log = logging.getLogger(__name__)
@@ -146,13 +147,8 @@ def _make_output_dir(out: Path) -> None:
 
 
 def _write_json(path: Path, payload: object) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _picture(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from torch import nn
 
 from grmpose.checkpoint import CheckpointError
 from grmpose.data.coco import DataError, ImageRecord, load_image
+from grmpose.fileio import atomic_path
 from grmpose.oks import oks
 from grmpose.spec import KeypointSpec
 
@@ -252,13 +252,8 @@ def save_rescorer(path: str | Path, net: RescoreNet, spec: KeypointSpec) -> Path
         "num_features": str(net.num_features),
         "hidden": str(net.hidden),
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -15,8 +15,6 @@ coordinates are pixel centres, map cell u sits on network-input pixel 4u).
 from __future__ import annotations
 
 import colorsys
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from grmpose.decode import center_nms, map_to_image
+from grmpose.fileio import atomic_path
 from grmpose.spec import KeypointSpec
 
 if TYPE_CHECKING:
@@ -327,13 +326,7 @@ def save_image(path: str | Path, rgb: np.ndarray, quality: int = 90) -> Path:
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown image file suffix {path.suffix!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    with atomic_path(path) as tmp:
         Image.fromarray(rgb).save(tmp, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
