@@ -10,8 +10,16 @@ p1, p2 are the stride-4 outputs of stages 2 and 3 (C channels). p3 is the stage-
 DEKR feeds its heads: the four stage-4 branches upsampled to stride 4 and concatenated (15C), so
 X = F_all has D = 16C channels and the internal width of the attention is D/2.
 
-In the spatial branch GAP is taken before W_e: global average pooling commutes with a 1x1 conv,
-which saves D*D/2 multiply-adds per pixel and gives the same result.
+Three exact rewrites keep the big 1x1 convs off the full-resolution map (same parameters, same
+function, about 4 GMAC less for grmpose-w32 at 512):
+
+* spatial branch, query: GAP is taken before W_e (global average pooling commutes with a 1x1 conv);
+* channel branch, value: the softmax weights sum to 1, so ``W_d(X) x q = W_d(X x q)`` -- the
+  attention pools X first and W_d is applied to one D-vector per image;
+* spatial branch, value: ``q x W_d(X) = (q W_d) x X + q . b_d`` -- the D/2-vector q is pushed
+  through W_d's weight once and the product with X is a single D-channel weighted sum per pixel.
+
+Each saves D*D/2 multiply-adds per pixel.
 """
 
 from __future__ import annotations
@@ -48,23 +56,26 @@ class ChannelSpatialAttention(nn.Module):
         self.sp_value = nn.Conv2d(channels, half, 1)  # W_d
 
     def channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """A_ch(X): B x D x 1 x 1."""
-        b = x.shape[0]
-        v = self.ch_value(x).flatten(2)  # B x D/2 x HW
+        """A_ch(X): B x D x 1 x 1 (W_d applied after the softmax pooling; see the module notes)."""
+        b, d = x.shape[:2]
+        flat = x.flatten(2)  # B x D x HW
         q = torch.softmax(self.ch_query(x).flatten(2), dim=2)  # B x 1 x HW
-        z = torch.matmul(v, q.transpose(1, 2))  # B x D/2 x 1
-        return torch.sigmoid(self.ch_up(z.reshape(b, -1, 1, 1)))
+        pooled = torch.matmul(flat, q.transpose(1, 2)).reshape(b, d, 1, 1)  # X x softmax
+        z = self.ch_value(pooled)  # = W_d(X) x softmax, since the softmax sums to 1
+        return torch.sigmoid(self.ch_up(z))
 
     def spatial_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """A_sp(X): B x 1 x H x W."""
-        b, _, h, w = x.shape
+        """A_sp(X): B x 1 x H x W (the softmax query pushed through W_d; see the module notes)."""
+        b, d, h, w = x.shape
         q = self.sp_query(x.mean(dim=(2, 3), keepdim=True)).flatten(1)  # B x D/2
-        q = torch.softmax(q, dim=1).unsqueeze(1)  # B x 1 x D/2
-        v = self.sp_value(x).flatten(2)  # B x D/2 x HW
-        return torch.sigmoid(torch.matmul(q, v)).reshape(b, 1, h, w)
+        q = torch.softmax(q, dim=1)
+        weight = self.sp_value.weight.reshape(-1, d)  # D/2 x D
+        q_x = torch.matmul(q, weight).unsqueeze(1)  # B x 1 x D
+        q_b = torch.matmul(q, self.sp_value.bias).reshape(b, 1, 1)  # B x 1 x 1
+        return torch.sigmoid(torch.matmul(q_x, x.flatten(2)) + q_b).reshape(b, 1, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.channel_weights(x) * x + self.spatial_weights(x) * x
+        return (self.channel_weights(x) + self.spatial_weights(x)) * x
 
 
 class GRM(nn.Module):
