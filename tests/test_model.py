@@ -81,7 +81,9 @@ def test_adaptive_conv_matches_naive_loop():
         conv.translation.weight.normal_(0, 0.5)
         conv.translation.bias.normal_(0, 0.7)
     x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
-    torch.testing.assert_close(conv(x), naive_adaptive_conv(conv, x), rtol=1e-9, atol=1e-9)
+    expected = naive_adaptive_conv(conv, x)
+    torch.testing.assert_close(conv(x), expected, rtol=1e-9, atol=1e-9)  # training path (matmul)
+    torch.testing.assert_close(conv.eval()(x), expected, rtol=1e-9, atol=1e-9)  # inference (grouped conv)
 
 
 def test_adaptive_conv_identity_transform_is_plain_conv():

@@ -30,33 +30,40 @@ def regular_grid(device: torch.device | None = None, dtype: torch.dtype = torch.
     return torch.stack([k % 3 - 1, k // 3 - 1]).to(dtype)
 
 
-def sample_taps(
-    x: torch.Tensor, affine: torch.Tensor, translation: torch.Tensor, groups: int
-) -> torch.Tensor:
+def tap_matrix(device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """18 x 6 matrix taking (a11, a12, a21, a22, tx, ty) to the 9 taps' displacements ``A r_k + t``.
+
+    Rows are ordered (tap k, x/y): row 2k is dx_k = a11 rx + a12 ry + tx, row 2k+1 is
+    dy_k = a21 rx + a22 ry + ty, with r_k = (rx, ry) from ``regular_grid``.
+    """
+    rx, ry = regular_grid(device, dtype)
+    zero, one = torch.zeros_like(rx), torch.ones_like(rx)
+    row_x = torch.stack([rx, ry, zero, zero, one, zero], dim=1)  # 9 x 6
+    row_y = torch.stack([zero, zero, rx, ry, zero, one], dim=1)
+    return torch.stack([row_x, row_y], dim=1).reshape(18, 6)
+
+
+def sample_taps(x: torch.Tensor, transform: torch.Tensor, groups: int) -> torch.Tensor:
     """Bilinearly sample the 9 taps of every pixel.
 
     Args:
         x: B x (G*c) x H x W input.
-        affine: B x (G*4) x H x W, per group (a11, a12, a21, a22).
-        translation: B x (G*2) x H x W, per group (tx, ty).
+        transform: B x G x 6 x H x W, per group (a11, a12, a21, a22, tx, ty).
         groups: G.
     Returns:
         B x (G*c*9) x H x W samples, ordered (group, channel, tap).
     """
     b, gc, h, w = x.shape
     c = gc // groups
-    a = affine.reshape(b, groups, 2, 2, 1, h, w)
-    t = translation.reshape(b, groups, 2, 1, h, w)
-    r = regular_grid(x.device, x.dtype).reshape(1, 1, 1, 2, 9, 1, 1)
-    # displacement of tap k: A @ r_k + t  -> B x G x 2 x 9 x H x W
-    disp = (a * r).sum(dim=3) + t
-    xs = torch.arange(w, device=x.device, dtype=x.dtype).reshape(1, 1, 1, 1, w)
-    ys = torch.arange(h, device=x.device, dtype=x.dtype).reshape(1, 1, 1, h, 1)
-    px = xs + disp[:, :, 0]  # B x G x 9 x H x W, in pixels
-    py = ys + disp[:, :, 1]
-    # grid_sample with align_corners=False: pixel i has normalised coordinate (2i + 1) / size - 1.
-    gx = (2.0 * px + 1.0) / w - 1.0
-    gy = (2.0 * py + 1.0) / h - 1.0
+    # grid_sample with align_corners=False: pixel i has normalised coordinate (2i + 1) / size - 1,
+    # so a displacement of d pixels moves the normalised coordinate by 2 d / size.
+    m = tap_matrix(x.device, x.dtype).reshape(9, 2, 6)
+    m = torch.stack([m[:, 0] * (2.0 / w), m[:, 1] * (2.0 / h)], dim=1).reshape(18, 6)
+    disp = torch.matmul(m, transform.reshape(b * groups, 6, h * w)).reshape(b * groups, 9, 2, h, w)
+    xs = torch.arange(w, device=x.device, dtype=x.dtype)
+    ys = torch.arange(h, device=x.device, dtype=x.dtype).reshape(h, 1)
+    gx = disp[:, :, 0] + ((2.0 * xs + 1.0) / w - 1.0)  # (B*G) x 9 x H x W
+    gy = disp[:, :, 1] + ((2.0 * ys + 1.0) / h - 1.0)
     grid = torch.stack([gx, gy], dim=-1).reshape(b * groups, 9 * h, w, 2)
     samples = F.grid_sample(
         x.reshape(b * groups, c, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False
@@ -116,22 +123,29 @@ class AdaptiveConv(nn.Module):
         # no bias in training; ``grmpose.fuse`` sets one when it folds the following BatchNorm
         self.register_parameter("bias", None)
 
-    def transform(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A (B x G*4 x H x W) and t (B x G*2 x H x W): both predictor convs in one batched matmul."""
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """A and t of every pixel, B x G x 6 x H x W (a11, a12, a21, a22, tx, ty): both predictor
+        convs as one grouped product.
+
+        Training runs it as a batched matmul over the explicit 3x3 neighbourhood (the backward of a
+        grouped CPU convolution with few channels per group is many times slower); inference runs
+        one grouped ``conv2d``, which never materialises the 9 shifted copies of the input.
+        """
         b, _, h, w = x.shape
         g, c = self.groups, self.channels
-        weight = torch.cat(
-            [self.affine.weight.reshape(g, 4, c * 9), self.translation.weight.reshape(g, 2, c * 9)], dim=1
-        )
+        weight = torch.cat([self.affine.weight.reshape(g, 4, c, 3, 3), self.translation.weight.reshape(g, 2, c, 3, 3)],
+                           dim=1)  # fmt: skip
         bias = torch.cat([self.affine.bias.reshape(g, 4), self.translation.bias.reshape(g, 2)], dim=1)
-        pred = grouped_linear(weight, neighbourhood(x, g), bias).reshape(b, g, 6, h, w)
-        return pred[:, :, :4].reshape(b, g * 4, h, w), pred[:, :, 4:].reshape(b, g * 2, h, w)
+        if self.training:
+            pred = grouped_linear(weight.reshape(g, 6, c * 9), neighbourhood(x, g), bias)
+        else:
+            pred = F.conv2d(x, weight.reshape(g * 6, c, 3, 3), bias.reshape(g * 6), padding=1, groups=g)
+        return pred.reshape(b, g, 6, h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         g, c = self.groups, self.channels
-        affine, translation = self.transform(x)
-        taps = sample_taps(x, affine, translation, g).reshape(b, g, c * 9, h * w)
+        taps = sample_taps(x, self.transform(x), g).reshape(b, g, c * 9, h * w)
         bias = None if self.bias is None else self.bias.reshape(g, c)
         out = grouped_linear(self.weight.reshape(g, c, c * 9), taps, bias)
         return out.reshape(b, g * c, h, w)
