@@ -35,8 +35,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", default="runs/bench_synthetic")
-    parser.add_argument("--offset-loss", type=float, default=DemoConfig.offset_loss,
-                        help="offset loss factor (DEKR: 0.03; the demo's default for short runs: 0.5)")
+    parser.add_argument(
+        "--offset-loss",
+        type=float,
+        default=DemoConfig.offset_loss,
+        help="offset loss factor (DEKR: 0.03; the demo's default for short runs: 0.5)",
+    )
     parser.add_argument("--tag", default="", help="suffix for the results files")
     args = parser.parse_args(argv)
     cfg = DemoConfig(
