@@ -106,7 +106,8 @@ class AdaptiveConv(nn.Module):
 
     The parameters have the shapes of the grouped ``nn.Conv2d`` layers they stand for
     (``affine``, ``translation``: 3x3 convs with G groups; ``weight``: (G*c) x c x 3 x 3), but
-    every grouped product runs as one batched matmul (see ``grouped_linear``).
+    every grouped product runs as one batched matmul (see ``grouped_linear``), except the A/t
+    predictor at inference, which is one grouped ``conv2d`` (see ``transform``).
     """
 
     def __init__(self, channels: int, groups: int) -> None:
@@ -133,8 +134,9 @@ class AdaptiveConv(nn.Module):
         """
         b, _, h, w = x.shape
         g, c = self.groups, self.channels
-        weight = torch.cat([self.affine.weight.reshape(g, 4, c, 3, 3), self.translation.weight.reshape(g, 2, c, 3, 3)],
-                           dim=1)  # fmt: skip
+        weight = torch.cat(
+            [self.affine.weight.reshape(g, 4, c, 3, 3), self.translation.weight.reshape(g, 2, c, 3, 3)], dim=1
+        )
         bias = torch.cat([self.affine.bias.reshape(g, 4), self.translation.bias.reshape(g, 2)], dim=1)
         if self.training:
             pred = grouped_linear(weight.reshape(g, 6, c * 9), neighbourhood(x, g), bias)
