@@ -18,6 +18,7 @@ from grmpose.evaluate import (
     evaluate_keypoints,
     load_ground_truth,
 )
+from grmpose.fileio import check_output_dir
 from grmpose.spec import KeypointSpec
 
 log = logging.getLogger(__name__)
@@ -137,8 +138,9 @@ def evaluate_checkpoint(
     from grmpose.data.coco import resolve_dataset
 
     ann_file, image_dir, data_spec = resolve_dataset(data, split)
-    model, config, spec = load_model(checkpoint, spec=data_spec, device=device)
     out = Path(out) if out is not None else Path(checkpoint).parent / f"eval_{split}"
+    check_output_dir(out)
+    model, config, spec = load_model(checkpoint, spec=data_spec, device=device)
     out.mkdir(parents=True, exist_ok=True)
     from grmpose.api import OnnxForward, TorchForward, export_cached
 

@@ -1,4 +1,4 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename into place."""
+"""File helpers: atomic writes (a temporary name in the same folder, then a rename) and output-folder checks."""
 
 from __future__ import annotations
 
@@ -26,3 +26,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def check_output_dir(out: str | Path) -> None:
+    """Fail early (before loading a model) when ``out`` cannot be created or written.
+
+    Raises ``NotADirectoryError`` or ``PermissionError`` with a message naming the folder.
+    """
+    out = Path(out)
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise NotADirectoryError(f"cannot create output folder {out}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder {out} is not writable (no write permission on {probe})")

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from grmpose.api import PoseEstimator, open_video, poses_from_arrays
 from grmpose.data.coco import DataError, load_image
 from grmpose.evaluate import ResultsWriter
-from grmpose.fileio import atomic_path
+from grmpose.fileio import atomic_path, check_output_dir
 from grmpose.visualize import draw_poses, render_maps, save_image, side_by_side
 
 log = logging.getLogger(__name__)
@@ -121,19 +121,6 @@ def picture_paths(paths: list[Path], out: Path, image_ids: list[int]) -> list[Pa
         used.add(candidate)
         result.append(candidate)
     return result
-
-
-def check_output_dir(out: Path) -> None:
-    """Fail early (before loading a model) when ``out`` cannot be created or written."""
-    probe = out
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise NotADirectoryError(f"cannot create output folder {out}: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(f"output folder {out} is not writable (no write permission on {probe})")
 
 
 def _make_output_dir(out: Path) -> None:

@@ -35,6 +35,7 @@ from grmpose.checkpoint import read_checkpoint, save_training_checkpoint, save_w
 from grmpose.config import get_preset
 from grmpose.data.coco import DataError, ImageRecord, load_coco_keypoints, resolve_dataset
 from grmpose.data.dataset import OUTPUT_STRIDE, PoseDataset, collate
+from grmpose.fileio import check_output_dir
 from grmpose.losses import LossWeights, collate_targets, total_loss
 from grmpose.model.net import GRMPoseNet
 from grmpose.spec import KeypointSpec
@@ -254,9 +255,8 @@ def train(cfg: TrainConfig) -> dict:
     info, device = setup_distributed(cfg.device)
     out = Path(cfg.out)
     if info.main:
+        check_output_dir(out)
         out.mkdir(parents=True, exist_ok=True)
-        if not os.access(out, os.W_OK):
-            raise PermissionError(f"output folder is not writable: {out}")
         for stale in out.glob(".*.tmp*"):  # a run killed while writing a file leaves its temp file
             stale.unlink()
             log.info("removed %s, left by an interrupted run", stale)
