@@ -300,10 +300,11 @@ ERROR_CASES: dict[str, Callable[[Ctx], tuple[list, list[str]]]] = {
     "every training image missing": lambda c: (
         c.train(make_dataset(c.tmp / "ds", copy_images=False)), ["ann.json"]),
     "train output under a file": lambda c: (
-        c.train(make_dataset(c.tmp / "ds"))[:4] + [c.file("afile", "x") / "run"] + c.train("x")[5:], ["afile"]),
+        c.train(make_dataset(c.tmp / "ds"))[:4] + [c.file("afile", "x") / "run"] + c.train("x")[5:],
+        ["afile", "is not a folder"]),
     "eval output under a file": lambda c: (
         c.eval_data(make_dataset(c.tmp / "ds"))[:6] + [c.file("afile", "x") / "ev"] + c.eval_data(c.tmp)[7:],
-        ["afile"]),
+        ["afile", "is not a folder"]),
     # ---- results files (eval --gt --results)
     "results: wrong keypoint length": lambda c: (
         c.eval_gt(lambda r: r["keypoints"].pop()), ["results.json", "result 0", "keypoints"]),
