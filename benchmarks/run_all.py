@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.decoding import bench_decoding
-from grmpose.bench import bench_models, cpu_gflops, run_child
+from grmpose.bench import REFERENCE, YOLO_MODELS, bench_models, bench_yolo, cpu_gflops, run_child
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL_PRESETS = ("tiny", "grmpose-w32", "grmpose-w32-nogrm", "grmpose-w32-nomfa", "grmpose-w32-base",
@@ -76,6 +76,7 @@ def run(
 
         add_ratios(models, keys=("median_ms", "min_ms"))
     result["models"] = models
+    result["yolo"] = [] if quick else yolo_rows(models, threads, reps, warm)
     if not quick:
         result["profiles"] = [
             run_child("grmpose.bench", "profile_eager", {"preset": p, "threads": threads}, threads)
@@ -89,6 +90,25 @@ def run(
     (out_dir / "bench.json").write_text(json.dumps(result, indent=1, default=float))
     (out_dir / "bench.md").write_text(markdown(result))
     return result
+
+
+def yolo_rows(
+    models: list[dict],
+    threads: int,
+    repeats: int,
+    warmup: int,
+    yolo_models: tuple[str, ...] = YOLO_MODELS,
+    backends: tuple[str, ...] = ("eager", "onnxruntime"),
+) -> list[dict]:
+    """YOLO11-pose rows (when ultralytics is installed), each with its ratio to the dekr-w32 row of the
+    same backend in ``models``."""
+    refs = {r["backend"]: r for r in models if r["preset"] == REFERENCE and r.get("status") == "ok"}
+    rows = bench_yolo(yolo_models, threads=threads, repeats=repeats, warmup=warmup, backends=backends)
+    for row in rows:
+        ref = refs.get(row.get("backend"))
+        if row.get("status") == "ok" and ref is not None:
+            row[f"median_ms_vs_{REFERENCE}"] = row["median_ms"] / ref["median_ms"]
+    return rows
 
 
 def memory_section(quick: bool, threads: int, training: bool = True) -> dict:
@@ -192,6 +212,20 @@ def markdown(result: dict) -> str:
             f"{lat} | {_f(ratio, 2)} | {_f(r.get('achieved_gflops'))} | {_f(100 * r['matmul_share'] if ok else None)} | "
             f"{_f(r.get('peak_rss_mib'), 0)} | {note} |"
         )
+    if result.get("yolo"):
+        lines += ["", "YOLO11-pose (Ultralytics, built from its YAML, random weights, Conv+BN fused; speed only):", "",
+                  "| model | backend | input | params (M) | latency ms | vs dekr-w32 | peak RSS MiB | note |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in result["yolo"]:
+            ok = r.get("status") == "ok"
+            lat = f"{r['median_ms']:.0f} ({r['min_ms']:.0f})" if ok else "n/a"
+            note = (
+                f"export {r['export_s']:.0f} s"
+                if ok and "export_s" in r
+                else ("" if ok else r.get("reason", ""))
+            )
+            lines.append(f"| {r['preset']} | {r['backend']} | {r.get('input_size', '-')} | {_f(r['params'] / 1e6 if ok else None)} | {lat} | "
+                         f"{_f(r.get('median_ms_vs_dekr-w32'), 2)} | {_f(r.get('peak_rss_mib'), 0)} | {note} |")  # fmt: skip
     eager = [r for r in result["models"] if r["backend"] == "eager" and r.get("status") == "ok"]
     if eager:
         lines += ["", "Eager variants (interleaved, median ms): folded / folded channels-last / unfolded", ""]

@@ -17,6 +17,10 @@ model build + export + all runs included) next to its resident set right after `
 The machine's own fp32 speed is measured in the same run (``cpu_gflops``: sgemm and a 3x3
 convolution) so achieved forward GFLOP/s can be stated as a share of it.
 
+When the optional ``ultralytics`` package is installed, ``bench_yolo`` times YOLO11-pose networks
+built from Ultralytics' own YAML files (random weights, speed only) the same way, eager and ONNX
+Runtime, for a side-by-side figure with the grmpose rows of the same run.
+
 Timings on a shared machine are noisy: compare rows of one run (ratios), not runs.
 """
 
@@ -42,17 +46,22 @@ __all__ = [
     "BACKENDS",
     "add_ratios",
     "bench_models",
+    "bench_yolo",
     "cpu_gflops",
     "measure_backend",
+    "measure_yolo",
     "peak_rss_mib",
     "profile_eager",
     "rss_mib",
     "run_child",
     "time_calls",
+    "YOLO_MODELS",
 ]
 
 BACKENDS = ("eager", "compile", "onnxruntime")
 REFERENCE = "dekr-w32"
+YOLO_MODELS = ("yolo11n-pose", "yolo11s-pose", "yolo11m-pose")
+YOLO_MISSING = "ultralytics not installed (optional: pip install ultralytics torch==2.13.0)"
 _RESULT_MARK = "@@BENCH_RESULT@@ "
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -294,6 +303,104 @@ def profile_eager(
         for e in events[:top]
     ]
     return {"preset": preset, "input_size": size, "folded": fold, "total_ms": total, "ops": ops}
+
+
+# ------------------------------------------------------------------------------------ YOLO-pose
+class _FirstOutput(torch.nn.Module):
+    """Wrap a network so that it returns its first output tensor only (for timing and export)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def measure_yolo(
+    model: str, backend: str, input_size: int = 640, threads: int = 2, repeats: int = 5, warmup: int = 2
+) -> dict:
+    """Latency and memory of an Ultralytics YOLO-pose network, in this process (see ``run_child``).
+
+    The network is built from the package's own YAML (``model + ".yaml"``, random weights, nothing
+    downloaded), its Conv+BN pairs fused by Ultralytics' ``fuse()``; speed only. ``eager``: PyTorch
+    ``inference_mode``; ``onnxruntime``: exported with a static 1 x 3 x S x S input (dynamo exporter,
+    opset 18) and run like the grmpose rows. An ``n/a`` row says why (e.g. ultralytics missing).
+    """
+    row = {"preset": model, "backend": backend, "input_size": input_size, "threads": threads}
+    try:
+        from ultralytics import YOLO
+    except ImportError:
+        return {**row, "status": "n/a", "reason": YOLO_MISSING}
+    torch.set_num_threads(threads)
+    base = rss_mib()
+    torch.manual_seed(0)
+    yolo = YOLO(f"{model}.yaml").model.eval()
+    params = sum(p.numel() for p in yolo.parameters())
+    net = _FirstOutput(yolo.fuse(verbose=False) if hasattr(yolo, "fuse") else yolo).eval()
+    x = torch.randn(1, 3, input_size, input_size)
+    if backend == "eager":
+        with torch.inference_mode():
+            result = time_calls(lambda: net(x), repeats, warmup)
+    elif backend == "onnxruntime":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return {**row, "status": "n/a", "reason": "onnxruntime not installed"}
+        with tempfile.TemporaryDirectory(prefix="grmpose-bench-") as tmp:
+            path = Path(tmp) / f"{model}.onnx"
+            t0 = time.perf_counter()
+            try:
+                torch.onnx.export(net, (x,), dynamo=True, opset_version=18, verbose=False).save(str(path))
+            except Exception as err:  # the exporter raises many exception types
+                return {
+                    **row,
+                    "status": "n/a",
+                    "reason": f"export failed: {type(err).__name__}: {str(err)[:200]}",
+                }
+            export_s = time.perf_counter() - t0
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            name = session.get_inputs()[0].name
+            feed = {name: x.numpy()}
+            result = {**time_calls(lambda: session.run(None, feed), repeats, warmup), "export_s": export_s}
+    else:
+        raise ValueError(f"unknown backend {backend!r} for YOLO: choose eager or onnxruntime")
+    return {**row, "status": "ok", **result, "params": params, "base_rss_mib": base,
+            "peak_rss_mib": peak_rss_mib()}  # fmt: skip
+
+
+def bench_yolo(
+    models: Sequence[str] = YOLO_MODELS,
+    input_size: int = 640,
+    threads: int = 2,
+    repeats: int = 5,
+    warmup: int = 2,
+    backends: Sequence[str] = ("eager", "onnxruntime"),
+    timeout: float = 600.0,
+) -> list[dict]:
+    """``measure_yolo`` for each model and backend, each in a fresh process; one ``n/a`` row when
+    ultralytics is not installed (it is optional)."""
+    try:
+        import ultralytics  # noqa: F401
+    except ImportError:
+        return [{"preset": "yolo11-pose", "backend": "-", "status": "n/a", "reason": YOLO_MISSING}]
+    rows = []
+    for model in models:
+        for backend in backends:
+            log.info("bench %s on %s", model, backend)
+            kwargs = dict(model=model, backend=backend, input_size=input_size, threads=threads, repeats=repeats,
+                          warmup=warmup)  # fmt: skip
+            row = run_child("grmpose.bench", "measure_yolo", kwargs, threads, timeout)
+            row.setdefault("preset", model)
+            row.setdefault("backend", backend)
+            row.setdefault("input_size", input_size)
+            rows.append(row)
+    return rows
 
 
 # ------------------------------------------------------------------------------------ child processes

@@ -178,13 +178,18 @@ def cmd_rescore_fit(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
-    from grmpose.bench import bench_models
+    from grmpose.bench import add_ratios, bench_models, bench_yolo
 
     presets = args.presets or (["tiny"] if args.quick else ["tiny", "grmpose-w32", "dekr-w32"])
+    repeats, warmup = (2, 1) if args.quick else (args.repeats, args.warmup)
     rows = bench_models(
-        presets, input_size=args.input_size, threads=args.threads, repeats=2 if args.quick else args.repeats,
-        warmup=1 if args.quick else args.warmup, backends=args.backends,
+        presets, input_size=args.input_size, threads=args.threads, repeats=repeats, warmup=warmup,
+        backends=args.backends,
     )  # fmt: skip
+    if args.yolo:
+        backends = tuple(b for b in args.backends if b != "compile")
+        rows += bench_yolo(threads=args.threads, repeats=repeats, warmup=warmup, backends=backends)
+        add_ratios(rows, keys=("median_ms",))
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -193,7 +198,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     for r in rows:
         ratio = r.get("median_ms_vs_dekr-w32")
-        print(f"{r['preset']:<20} {r['backend']:<12} {r['input_size']:>5} {_fmt(r.get('median_ms')):>11} "
+        print(f"{r['preset']:<20} {r['backend']:<12} {r.get('input_size', '-'):>5} {_fmt(r.get('median_ms')):>11} "
               f"{_fmt(ratio, 2):>11} {_fmt(r.get('peak_rss_mib'), 0):>9}")  # fmt: skip
     print("full suite with decoding, memory and a Markdown table: python -m benchmarks.run_all")
     return 0
@@ -343,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="tiny only, few repeats (a smoke run)")
+    p.add_argument(
+        "--yolo",
+        action="store_true",
+        help="add YOLO11n/s/m-pose at 640 (needs the optional ultralytics package)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 

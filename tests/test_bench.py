@@ -57,3 +57,32 @@ def test_quick_run_structure(tmp_path) -> None:
     assert all(_positive(d["median_ms"]) and d["found"] == d["people"] for d in result["decoding"])
     ev = result["memory"]["evaluation"]
     assert ev["images"] == 300 and len(ev["samples"]) == 10 and math.isfinite(ev["slope_kib_per_image"])
+
+
+def test_yolo_rows_without_ultralytics_say_why(monkeypatch) -> None:
+    import sys
+
+    from benchmarks.run_all import yolo_rows
+    from grmpose.bench import YOLO_MISSING, measure_yolo
+
+    monkeypatch.setitem(sys.modules, "ultralytics", None)  # import fails as if not installed
+    rows = yolo_rows([], threads=1, repeats=1, warmup=0)
+    assert rows == [{"preset": "yolo11-pose", "backend": "-", "status": "n/a", "reason": YOLO_MISSING}]
+    row = measure_yolo("yolo11n-pose", "eager", input_size=64, threads=1)
+    assert row["status"] == "n/a" and row["reason"] == YOLO_MISSING
+
+
+def test_yolo_row_has_latency_and_ratio_when_ultralytics_is_installed() -> None:
+    import pytest
+
+    pytest.importorskip("ultralytics")
+    from benchmarks.run_all import yolo_rows
+
+    reference = [{"preset": "dekr-w32", "backend": "eager", "status": "ok", "median_ms": 100.0}]
+    rows = yolo_rows(
+        reference, threads=1, repeats=1, warmup=0, yolo_models=("yolo11n-pose",), backends=("eager",)
+    )
+    eager = rows[0]
+    assert eager["status"] == "ok", eager
+    assert eager["median_ms"] > 0 and eager["params"] > 1e6  # yolo11n-pose: about 2.9 M parameters
+    assert math.isclose(eager["median_ms_vs_dekr-w32"], eager["median_ms"] / 100.0)
