@@ -26,6 +26,7 @@ Timings on a shared machine are noisy: compare rows of one run (ratios), not run
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -55,6 +56,7 @@ __all__ = [
     "rss_mib",
     "run_child",
     "time_calls",
+    "ultralytics_installed",
     "YOLO_MODELS",
 ]
 
@@ -318,6 +320,15 @@ class _FirstOutput(torch.nn.Module):
         return out[0] if isinstance(out, (list, tuple)) else out
 
 
+def ultralytics_installed() -> bool:
+    """Whether the optional ``ultralytics`` package is importable, found without importing it: importing
+    it patches ``PIL.Image.open`` for the whole process, so only the benchmark's child processes do."""
+    try:
+        return importlib.util.find_spec("ultralytics") is not None
+    except ValueError:  # sys.modules["ultralytics"] is None: its import is blocked
+        return False
+
+
 def measure_yolo(
     model: str, backend: str, input_size: int = 640, threads: int = 2, repeats: int = 5, warmup: int = 2
 ) -> dict:
@@ -385,9 +396,7 @@ def bench_yolo(
 ) -> list[dict]:
     """``measure_yolo`` for each model and backend, each in a fresh process; one ``n/a`` row when
     ultralytics is not installed (it is optional)."""
-    try:
-        import ultralytics  # noqa: F401
-    except ImportError:
+    if not ultralytics_installed():
         return [{"preset": "yolo11-pose", "backend": "-", "status": "n/a", "reason": YOLO_MISSING}]
     rows = []
     for model in models:
