@@ -201,9 +201,21 @@ def _measure_compile(preset: str, spec: str, size: int, repeats: int, warmup: in
     return {**times, "compile_s": compile_s}
 
 
+def _ort_session(path: Path, threads: int):
+    """An ONNX Runtime CPU session with full graph optimisation and ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def _measure_onnxruntime(preset: str, spec: str, size: int, threads: int, repeats: int, warmup: int) -> dict:
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (availability; the session is made by _ort_session)
     except ImportError:
         return {"status": "n/a", "reason": "onnxruntime not installed"}
     from grmpose.export import export_onnx
@@ -218,12 +230,7 @@ def _measure_onnxruntime(preset: str, spec: str, size: int, threads: int, repeat
             return {"status": "n/a", "reason": f"export failed: {type(err).__name__}: {str(err)[:200]}"}
         export_s = time.perf_counter() - t0
         del fused
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = _ort_session(path, threads)
         x = torch.randn(1, 3, size, size).numpy()
         name = session.get_inputs()[0].name
         times = time_calls(lambda: session.run(None, {name: x}), repeats, warmup)
@@ -356,7 +363,7 @@ def measure_yolo(
             result = time_calls(lambda: net(x), repeats, warmup)
     elif backend == "onnxruntime":
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401  (availability; the session is made by _ort_session)
         except ImportError:
             return {**row, "status": "n/a", "reason": "onnxruntime not installed"}
         with tempfile.TemporaryDirectory(prefix="grmpose-bench-") as tmp:
@@ -371,11 +378,7 @@ def measure_yolo(
                     "reason": f"export failed: {type(err).__name__}: {str(err)[:200]}",
                 }
             export_s = time.perf_counter() - t0
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = _ort_session(path, threads)
             name = session.get_inputs()[0].name
             feed = {name: x.numpy()}
             result = {**time_calls(lambda: session.run(None, feed), repeats, warmup), "export_s": export_s}
