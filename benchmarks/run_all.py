@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.decoding import bench_decoding
-from grmpose.bench import REFERENCE, YOLO_MODELS, bench_models, bench_yolo, cpu_gflops, run_child
+from grmpose.bench import REFERENCE, YOLO_MODELS, add_ratios, bench_models, bench_yolo, cpu_gflops, run_child
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL_PRESETS = ("tiny", "grmpose-w32", "grmpose-w32-nogrm", "grmpose-w32-nomfa", "grmpose-w32-base",
@@ -72,8 +72,6 @@ def run(
                                  ("compile", COMPILE_PRESETS)):  # fmt: skip
             models += bench_models(presets, threads=threads, repeats=reps, warmup=warm, backends=(backend,),
                                    matmul_gflops=mm, timeout=900)  # fmt: skip
-        from grmpose.bench import add_ratios
-
         add_ratios(models, keys=("median_ms", "min_ms"))
     result["models"] = models
     result["yolo"] = [] if quick else yolo_rows(models, threads, reps, warm)
@@ -102,12 +100,8 @@ def yolo_rows(
 ) -> list[dict]:
     """YOLO11-pose rows (when ultralytics is installed), each with its ratio to the dekr-w32 row of the
     same backend in ``models``."""
-    refs = {r["backend"]: r for r in models if r["preset"] == REFERENCE and r.get("status") == "ok"}
     rows = bench_yolo(yolo_models, threads=threads, repeats=repeats, warmup=warmup, backends=backends)
-    for row in rows:
-        ref = refs.get(row.get("backend"))
-        if row.get("status") == "ok" and ref is not None:
-            row[f"median_ms_vs_{REFERENCE}"] = row["median_ms"] / ref["median_ms"]
+    add_ratios([*(r for r in models if r["preset"] == REFERENCE), *rows], keys=("median_ms",))
     return rows
 
 
@@ -166,8 +160,6 @@ def remeasure_memory(
         row["peak_rss_mib"] = fresh.get((row["preset"], row["backend"]))
         row.pop("children_maxrss_mib", None)
         row.pop("peak_rss_mib_vs_dekr-w32", None)
-    from grmpose.bench import add_ratios
-
     add_ratios(result["models"], keys=("median_ms", "min_ms"))
     result["memory_remeasured"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     result["machine"]["load_average_memory_rerun"] = load_average()
