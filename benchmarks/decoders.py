@@ -16,6 +16,7 @@ import time
 from itertools import product
 from pathlib import Path
 
+from benchmarks.provenance import write_results_json
 from grmpose.evaluate_run import evaluate_checkpoint
 from grmpose.rescore import rescore_fit_main
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         },  # fmt: skip
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "decoders.json").write_text(json.dumps(record, indent=2, default=str))
+    write_results_json(RESULTS / "decoders.json", record, "benchmarks.decoders", argv)
     lines = [
         f"# Decoders on held-out synthetic crowds ({record['date']}, {args.max_images} images)\n",
         "| decoder | flip | multi-scale | AP | AP50 | AR | s / image |",

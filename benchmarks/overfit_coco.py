@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.provenance import write_results_json
 from grmpose.checkpoint import load_model
 from grmpose.data.coco import load_coco_keypoints, resolve_dataset
 from grmpose.data.dataset import PoseDataset
@@ -73,8 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_minutes": (time.time() - t0) / 60,
         "date": time.strftime("%Y-%m-%d"),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    write_results_json(RESULTS, result, "benchmarks.overfit_coco", argv)
     print(json.dumps(result, indent=2))
     return result
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.decoding import bench_decoding
+from benchmarks.provenance import provenance, write_results_json
 from grmpose.bench import REFERENCE, YOLO_MODELS, add_ratios, bench_models, bench_yolo, cpu_gflops, run_child
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,7 +86,7 @@ def run(
     )
     result["memory"] = memory_section(quick, threads, training)
     result["machine"]["load_average_end"] = load_average()
-    (out_dir / "bench.json").write_text(json.dumps(result, indent=1, default=float))
+    write_results_json(out_dir / "bench.json", result, "benchmarks.run_all", indent=1, default=float)
     (out_dir / "bench.md").write_text(markdown(result))
     return result
 
@@ -163,6 +164,7 @@ def remeasure_memory(
     add_ratios(result["models"], keys=("median_ms", "min_ms"))
     result["memory_remeasured"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     result["machine"]["load_average_memory_rerun"] = load_average()
+    result["memory_provenance"] = provenance("benchmarks.run_all")  # "provenance" stays the timing run's
     path.write_text(json.dumps(result, indent=1, default=float))
     (out_dir / "bench.md").write_text(markdown(result))
     return result

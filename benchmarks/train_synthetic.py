@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.provenance import write_results_json
 from grmpose.demo import DemoConfig, run_demo
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "train_synthetic" + (f"_{args.tag}" if args.tag else "")
-    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2))
+    write_results_json(RESULTS / f"{name}.json", record, "benchmarks.train_synthetic", argv)
     rows = [f"| {k} | {v:.4f} |" for k, v in record["eval"].items() if isinstance(v, float)]
     (RESULTS / f"{name}.md").write_text(
         f"# tiny on synthetic crowds, {args.minutes:g} min of CPU training ({record['date']})\n\n"

@@ -11,9 +11,9 @@ networks are built from Ultralytics' own YAML files with random weights: speed o
 from __future__ import annotations
 
 import datetime
-import json
 import os
 
+from benchmarks.provenance import write_results_json
 from benchmarks.run_all import RESULTS, _f, yolo_rows
 from grmpose.bench import bench_models, cpu_gflops
 
@@ -49,7 +49,7 @@ def main(threads: int = 2, repeats: int = 5, warmup: int = 2) -> dict:
         lines.append(f"| {r['preset']} | {r['backend']} | {r.get('input_size', '-')} | {params} | {lat} | "
                      f"{_f(r.get('median_ms_vs_dekr-w32'), 2)} |")  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "yolo.json").write_text(json.dumps(result, indent=1, default=float))
+    write_results_json(RESULTS / "yolo.json", result, "benchmarks.yolo", indent=1, default=float)
     (RESULTS / "yolo.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return result

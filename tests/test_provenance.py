@@ -1,0 +1,158 @@
+"""Provenance of benchmark results: the git revision and the command behind every results JSON.
+
+Each benchmark writer runs here with its heavy work stubbed out, so a writer that stops recording
+provenance fails. The revision is checked against ``git rev-parse HEAD`` run by the test itself.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import benchmarks.decoders
+import benchmarks.overfit_coco
+import benchmarks.run_all
+import benchmarks.train_synthetic
+import benchmarks.yolo
+from benchmarks.provenance import command_line, provenance, write_results_json
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def head_revision() -> str | None:
+    """``git rev-parse HEAD`` of the repository, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=REPO
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def assert_revision(recorded: str, before: str | None, after: str | None) -> None:
+    """``recorded`` is HEAD (read before or after: others may commit meanwhile), maybe ``-dirty``."""
+    if before is None:
+        assert recorded == "unknown"
+        return
+    base = recorded.removesuffix("-dirty")
+    assert base in (before, after), (recorded, before, after)
+    assert len(base) == 40 and int(base, 16) >= 0
+
+
+def test_provenance_has_head_revision_and_the_module_command():
+    before = head_revision()
+    record = provenance(
+        "benchmarks.decoders", ["--checkpoint", "runs/a b/last.safetensors", "--max-images", 5]
+    )
+    after = head_revision()
+    assert_revision(record["git"], before, after)
+    assert (
+        record["command"]
+        == "python -m benchmarks.decoders --checkpoint 'runs/a b/last.safetensors' --max-images 5"
+    )
+    assert shlex.split(record["command"])[4] == "runs/a b/last.safetensors"  # quoted for a shell
+
+
+def test_command_line_of_a_library_call_names_the_calling_program():
+    # this process is pytest, not "python -m benchmarks.run_all": no made-up benchmark command
+    line = command_line("benchmarks.run_all")
+    assert line.startswith("called from: python ") and "pytest" in line
+    assert command_line("benchmarks.run_all", []) == "python -m benchmarks.run_all"
+
+
+def test_write_results_json_keeps_the_record_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "r.json"
+    write_results_json(path, {"AP": 0.5, "path": Path("x")}, "benchmarks.x", ["--a"])
+    saved = json.loads(path.read_text())
+    assert saved["AP"] == 0.5 and saved["path"] == "x"
+    assert saved["provenance"]["command"] == "python -m benchmarks.x --a"
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+
+
+# ------------------------------------------------------------------------------------------ writers
+def _decoders(monkeypatch, tmp_path):
+    metrics = {"AP": 0.25, "AP50": 0.5, "AR": 0.3, "images": 2}
+    monkeypatch.setattr(benchmarks.decoders, "evaluate_checkpoint", lambda *a, **k: metrics)
+    monkeypatch.setattr(benchmarks.decoders, "rescore_fit_main", lambda *a, **k: {"images": 3})
+    monkeypatch.setattr(benchmarks.decoders, "RESULTS", tmp_path)
+    argv = ["--checkpoint", "c.safetensors", "--data", "d", "--out", str(tmp_path / "runs")]
+    benchmarks.decoders.main(argv)
+    return tmp_path / "decoders.json", "python -m benchmarks.decoders " + shlex.join(argv)
+
+
+def _overfit(monkeypatch, tmp_path):
+    monkeypatch.setattr(
+        benchmarks.overfit_coco, "train", lambda cfg: {"steps": 1, "minutes": 0.1, "images_per_s": 5.0}
+    )
+    monkeypatch.setattr(benchmarks.overfit_coco, "evaluate_training_view", lambda *a: {"AP": 0.9})
+    monkeypatch.setattr(benchmarks.overfit_coco, "RESULTS", tmp_path / "overfit_coco.json")
+    argv = ["--steps", "1", "--out", str(tmp_path / "run")]
+    benchmarks.overfit_coco.main(argv)
+    return tmp_path / "overfit_coco.json", "python -m benchmarks.overfit_coco " + shlex.join(argv)
+
+
+def _train_synthetic(monkeypatch, tmp_path):
+    result = {
+        "metrics": {"AP": 0.1, "images": 3},
+        "train": {"minutes": 0.1, "steps": 2, "images_per_s": 4.0},
+    }
+    monkeypatch.setattr(benchmarks.train_synthetic, "run_demo", lambda cfg: result)
+    monkeypatch.setattr(benchmarks.train_synthetic, "RESULTS", tmp_path)
+    argv = ["--minutes", "0.1", "--tag", "t", "--out", str(tmp_path / "run")]
+    benchmarks.train_synthetic.main(argv)
+    return tmp_path / "train_synthetic_t.json", "python -m benchmarks.train_synthetic " + shlex.join(argv)
+
+
+def _yolo(monkeypatch, tmp_path):
+    monkeypatch.setattr(benchmarks.yolo, "cpu_gflops", lambda threads: {"matmul_gflops": 100.0})
+    monkeypatch.setattr(benchmarks.yolo, "bench_models", lambda *a, **k: [])
+    monkeypatch.setattr(benchmarks.yolo, "yolo_rows", lambda *a, **k: [])
+    monkeypatch.setattr(benchmarks.yolo, "RESULTS", tmp_path)
+    benchmarks.yolo.main(threads=1)
+    return tmp_path / "yolo.json", "called from: python "  # a library call, not "python -m"
+
+
+def _run_all(monkeypatch, tmp_path):
+    monkeypatch.setattr(benchmarks.run_all, "cpu_gflops", lambda *a, **k: {"matmul_gflops": 100.0})
+    monkeypatch.setattr(benchmarks.run_all, "bench_models", lambda *a, **k: [])
+    monkeypatch.setattr(benchmarks.run_all, "bench_decoding", lambda *a, **k: [])
+    monkeypatch.setattr(benchmarks.run_all, "memory_section", lambda *a, **k: {})
+    monkeypatch.setattr(benchmarks.run_all, "markdown", lambda result: "")
+    benchmarks.run_all.run(quick=True, out_dir=tmp_path, threads=1)
+    return tmp_path / "bench.json", "called from: python "
+
+
+WRITERS = {
+    "decoders": _decoders,
+    "overfit_coco": _overfit,
+    "train_synthetic": _train_synthetic,
+    "yolo": _yolo,
+    "run_all": _run_all,
+}
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_every_benchmark_writer_records_provenance(writer, monkeypatch, tmp_path):
+    before = head_revision()
+    path, command = WRITERS[writer](monkeypatch, tmp_path)
+    after = head_revision()
+    saved = json.loads(path.read_text())
+    assert_revision(saved["provenance"]["git"], before, after)
+    assert saved["provenance"]["command"].startswith(command)
+    if not command.startswith("called from"):
+        assert saved["provenance"]["command"] == command
+
+
+def test_every_benchmark_module_that_writes_json_is_covered():
+    """A new writer in benchmarks/ must be added to WRITERS above (and use write_results_json)."""
+    writers = {
+        p.stem
+        for p in (REPO / "benchmarks").glob("*.py")
+        if ".json" in p.read_text() and "RESULTS" in p.read_text() and p.stem != "provenance"
+    }
+    assert writers == set(WRITERS)
