@@ -136,3 +136,42 @@ def test_total_loss_gradients_flow(factors):
     # a perfect prediction of heatmaps/offsets leaves only the tag terms
     loss, parts = total_loss({"heatmaps": t["heatmaps"], "offsets": t["offsets"], "tags": tags}, t)
     assert parts["heatmap"].item() == 0.0 and parts["offset"].item() == 0.0
+
+
+def test_each_weighted_term_is_its_factor_times_the_unweighted_loss():
+    """total_loss scales each term by its own factor (distinct factors, so a swap is caught).
+
+    The unweighted losses are written out here (DESIGN.md §2): heatmap ``mean((p-g)^2 w)``,
+    offsets ``sum(smoothL1(p-g) w) / #(w != 0)``, pull and push from the naive loop, batch means.
+    """
+    assert LossWeights() == LossWeights(heatmap=1.0, offset=0.03, pull=1e-3, push=1e-3)  # DEKR's factors
+    t = make_batch()
+    g = torch.Generator().manual_seed(5)
+    heat = torch.randn(t["heatmaps"].shape, generator=g, dtype=torch.float64)
+    off = torch.randn(t["offsets"].shape, generator=g, dtype=torch.float64)
+    tags = torch.randn(3, 3, 16, 16, generator=g, dtype=torch.float64)
+    hp, hg, hw = heat.numpy(), t["heatmaps"].double().numpy(), t["heat_weights"].double().numpy()
+    op, og, ow = off.numpy(), t["offsets"].double().numpy(), t["offset_weights"].double().numpy()
+    d = np.abs(op - og)
+    beta = 1 / 9
+    unweighted = {
+        "heatmap": float(((hp - hg) ** 2 * hw).mean()),
+        "offset": float(
+            (np.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta) * ow).sum() / (ow != 0).sum()
+        ),
+        "pull": float(naive_tag_loss(tags.numpy(), t["tag_index"].numpy())[0].mean()),
+        "push": float(naive_tag_loss(tags.numpy(), t["tag_index"].numpy())[1].mean()),
+    }
+    assert all(v > 0 for v in unweighted.values()), unweighted
+    factors = LossWeights(heatmap=2.0, offset=0.3, pull=0.07, push=5.0)
+    loss, parts = total_loss((heat, off, tags), t, factors)
+    for name, value in unweighted.items():
+        expected = getattr(factors, name) * value
+        assert math.isclose(parts[name].item(), expected, rel_tol=1e-9), name
+    assert math.isclose(
+        loss.item(), sum(getattr(factors, n) * v for n, v in unweighted.items()), rel_tol=1e-9
+    )
+    # the default factors, the same way
+    loss, parts = total_loss((heat, off, tags), t)
+    for name, value in unweighted.items():
+        assert math.isclose(parts[name].item(), getattr(LossWeights(), name) * value, rel_tol=1e-9), name
