@@ -1,4 +1,8 @@
-"""Evaluate a model on a COCO-format split: predict every image, stream results, score them."""
+"""Evaluate a model on a COCO-format split: predict every image, stream results, score them.
+
+Also ``rescore_gain`` (AP without and with a rescoring net). Imports go one way: this module uses
+``grmpose.rescore``; ``grmpose.rescore`` never imports this one.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,11 +24,13 @@ from grmpose.evaluate import (
     load_ground_truth,
 )
 from grmpose.fileio import check_output_dir
+from grmpose.rescore import load_rescorer
 from grmpose.spec import KeypointSpec
 
 log = logging.getLogger(__name__)
 
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+Rescorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (poses N×K×3, scores N) -> new scores N
 
 
 def evaluate_forward(
@@ -38,9 +45,13 @@ def evaluate_forward(
     decoder: str = "regression",
     max_images: int | None = None,
     progress: bool = True,
-    rescorer=None,
+    rescorer: Rescorer | None = None,
 ) -> dict:
     """Predict each GT image, stream the poses to ``results_path``, return the OKS metrics.
+
+    ``scales``: test scales (``(0.5, 1.0, 2.0)`` is the paper's multi-scale test); ``max_images``:
+    only the first images by id, and the ground truth is cut to them too. ``rescorer(poses,
+    scores)`` gives the scores written (``grmpose.rescore.Rescorer``: predicted OKS × score).
 
     The metrics dict also holds ``images`` (evaluated) and ``images_total``; unreadable images are
     skipped with a warning and counted in ``images_unreadable`` -- and they stay in the ground truth,
@@ -79,7 +90,7 @@ def evaluate_forward(
                 forward, image, spec, input_size, flip=flip, scales=scales, decoder=decoder
             )
             if rescorer is not None and len(poses):
-                scores = rescorer(poses)
+                scores = rescorer(poses, scores)
             writer.write(im["id"], poses, scores)
             seen.append(im["id"])
     report = coverage(gt, seen)
@@ -152,11 +163,7 @@ def evaluate_checkpoint(
         forward = TorchForward(fuse_model(model, inplace=True), device)  # BatchNorm folded for inference
     else:
         raise ValueError(f"unknown backend {backend!r}: choose torch or onnxruntime")
-    rescorer = None
-    if rescore is not None:
-        from grmpose.rescore import load_rescorer
-
-        rescorer = load_rescorer(rescore, spec)
+    rescorer = load_rescorer(rescore, spec) if rescore is not None else None
     metrics = evaluate_forward(
         forward, spec, config.input_size, ann_file, image_dir, out / "results.json",
         flip=flip, scales=(0.5, 1.0, 2.0) if multi_scale else (1.0,), decoder=decoder,
@@ -165,3 +172,39 @@ def evaluate_checkpoint(
     metrics["results"] = str(out / "results.json")
     write_metrics(out / "metrics.json", metrics)
     return metrics
+
+
+def rescore_gain(
+    checkpoint: str | Path,
+    data: str | Path,
+    rescore_path: str | Path,
+    split: str = "val",
+    out: str | Path | None = None,
+    flip: bool = False,
+    multi_scale: bool = False,
+    decoder: str = "regression",
+    device: str = "cpu",
+    max_images: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """AP of the checkpoint on ``split`` without and with the rescoring net.
+
+    Both evaluations go through ``evaluate_checkpoint``; their results land in ``out/without`` and
+    ``out/with`` (default ``out``: ``<checkpoint folder>/rescore_gain_<split>``).
+
+    Returns:
+        ``{"AP_without", "AP_with", "metrics_without", "metrics_with"}``.
+    """
+    out = Path(out) if out is not None else Path(checkpoint).parent / f"rescore_gain_{split}"
+    common = dict(
+        split=split, flip=flip, multi_scale=multi_scale, decoder=decoder, device=device,
+        max_images=max_images, progress=progress,
+    )  # fmt: skip
+    without = evaluate_checkpoint(checkpoint, str(data), out=out / "without", **common)
+    with_ = evaluate_checkpoint(checkpoint, str(data), out=out / "with", rescore=rescore_path, **common)
+    return {
+        "AP_without": float(without["AP"]),
+        "AP_with": float(with_["AP"]),
+        "metrics_without": without,
+        "metrics_with": with_,
+    }

@@ -2,6 +2,12 @@
 
 Test-time resizing follows the paper (§IV-A-4): the short side goes to the preset's input size,
 the aspect ratio is kept, and the image is padded right/bottom to a multiple of 32.
+
+Padding is black, as in training: training crops fill everything outside the image with uint8 0
+(``grmpose.data.transforms.apply_affine_image``) before normalisation, and DEKR's test-time
+``cv2.warpAffine`` does the same. So padded input pixels hold ``(0 - MEAN) / STD`` per channel
+(``PAD_VALUE``), not 0 (which would be mean grey, a colour the network never saw at the border).
+The flip test's shifted columns (``flip_input``) lie outside the image too and get the same value.
 """
 
 from __future__ import annotations
@@ -13,11 +19,25 @@ import torch
 from PIL import Image
 from torch import nn
 
-from grmpose.data.dataset import normalize_image
+from grmpose.data.dataset import MEAN, STD, normalize_image
 from grmpose.decode import decode_image
 from grmpose.spec import KeypointSpec
 
 PAD_MULTIPLE = 32
+PAD_VALUE = tuple((0.0 - m) / s for m, s in zip(MEAN, STD))  # a black pixel after normalisation
+
+
+def pad_black(tensor: torch.Tensor, right: int, bottom: int) -> torch.Tensor:
+    """Pad ``…×3×H×W`` normalised images with black (``PAD_VALUE``) on the right and bottom."""
+    if right == bottom == 0:
+        return tensor
+    *lead, c, h, w = tensor.shape
+    if c != len(PAD_VALUE):
+        raise ValueError(f"expected 3 colour channels, got {c}")
+    fill = torch.tensor(PAD_VALUE, dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
+    out = fill.expand(*lead, 3, h + bottom, w + right).clone()
+    out[..., :h, :w] = tensor
+    return out
 
 
 def prepare_image(
@@ -38,8 +58,7 @@ def prepare_image(
     ph = -(-nh // PAD_MULTIPLE) * PAD_MULTIPLE
     pw = -(-nw // PAD_MULTIPLE) * PAD_MULTIPLE
     tensor = normalize_image(resized)
-    if (ph, pw) != (nh, nw):
-        tensor = torch.nn.functional.pad(tensor, (0, pw - nw, 0, ph - nh))
+    tensor = pad_black(tensor, right=pw - nw, bottom=ph - nh)
     # image -> input affine with the scale actually used per axis (x' = s (x + 0.5) - 0.5)
     m = np.array([[nw / w, 0.0, 0.5 * nw / w - 0.5], [0.0, nh / h, 0.5 * nh / h - 0.5]])
     return tensor, m
@@ -69,10 +88,11 @@ def flip_input(batch: torch.Tensor, stride: int = 4) -> torch.Tensor:
     Map cell j sits on input pixel ``stride * j``. Mirroring the W-pixel input sends pixel x to
     W - 1 - x, which is not on the grid; mirroring and then shifting left by ``stride - 1`` pixels
     sends x to W - stride - x, so cell j goes to cell w - 1 - j exactly (w = W / stride), and a
-    plain ``flip`` of the output maps undoes it.
+    plain ``flip`` of the output maps undoes it. The ``stride - 1`` columns that come in on the
+    right lie left of the image: black, as all padding (``PAD_VALUE``).
     """
     shift = stride - 1
-    return torch.nn.functional.pad(batch.flip(-1)[..., shift:], (0, shift))
+    return pad_black(batch.flip(-1)[..., shift:], right=shift, bottom=0)
 
 
 @torch.no_grad()

@@ -2,7 +2,9 @@
 
 The decoder's person score (mean keypoint score) ranks poses for AP. A small MLP that looks at the
 pose itself -- limb vectors, limb lengths and joint scores -- predicts the OKS the pose reaches with
-its best-matching ground truth, and that prediction replaces the score.
+its best-matching ground truth. As DEKR (``lib/utils/rescore.py``, ``rescore_valid``), the final
+score is that prediction times the decoder's score (a NaN prediction counts as 0): the net
+re-weights the decoder's confidence instead of replacing it.
 
 Pipeline:
     * ``collect_training_pairs``: run the model on training images, match each predicted pose to
@@ -10,12 +12,20 @@ Pipeline:
     * ``fit_rescorer``: Adam + MSE on those pairs, deterministic from a seed.
     * ``save_rescorer`` / ``load_rescorer``: safetensors with the spec and feature layout in its
       metadata; ``load_rescorer`` refuses a file made for another keypoint spec.
-    * ``rescore_fit_main`` (``grmpose rescore-fit``) and ``rescore_gain`` (AP with / without).
+    * ``rescore_fit_main`` (``grmpose rescore-fit``). The AP with / without the net is
+      ``grmpose.evaluate_run.rescore_gain`` (evaluation depends on rescoring, not the reverse).
 
 Feature layout (``FEATURE_LAYOUT``), for the L limbs ``(a, b)`` of ``spec.skeleton`` and K joints:
     ``[dx_1..dx_L, dy_1..dy_L, len_1..len_L, score_1..score_K]`` (F = 3L + K), with
-    ``(dx, dy) = joint_b - joint_a`` and ``len = |(dx, dy)|``, all divided by the pose scale
-    ``sqrt(w · h)`` of the box around its K joints (at least ``MIN_SCALE`` pixels).
+    ``(dx, dy) = joint_b - joint_a`` and ``len = |(dx, dy)|``, all divided by the pose's torso
+    length (DEKR ``get_feature``): the mean length of its shoulder–hip limbs (``torso_limbs``),
+    at least ``MIN_SCALE`` pixels. A spec without shoulder–hip limbs uses the diagonal of the box
+    around the K joints instead.
+
+    DEKR's code takes its limbs 9 and 11 as the torso for both datasets; on COCO these are the
+    shoulder–hip limbs, on CrowdPose (whose limb list is ordered differently) the left thigh and
+    shin -- an index copied from COCO, not its intent ("use the torso distance to normalize").
+    We take the shoulder–hip limbs on every spec.
 """
 
 from __future__ import annotations
@@ -45,15 +55,15 @@ __all__ = [
     "num_features",
     "pose_features",
     "rescore_fit_main",
-    "rescore_gain",
     "save_rescorer",
+    "torso_limbs",
 ]
 
 log = logging.getLogger(__name__)
 
-FEATURE_LAYOUT = "limb_dx,limb_dy,limb_len,joint_score/sqrt_box_area"
+FEATURE_LAYOUT = "limb_dx,limb_dy,limb_len,joint_score/torso"
 FORMAT = "grmpose-rescore"
-MIN_SCALE = 1.0  # pixels: the pose scale never goes below this (degenerate, collapsed poses)
+MIN_SCALE = 1.0  # pixels: the torso length never goes below this (DEKR: normalize[normalize < 1] = 1)
 
 Forward = Callable[[torch.Tensor], Sequence]
 
@@ -65,6 +75,38 @@ Forward = Callable[[torch.Tensor], Sequence]
 def num_features(spec: KeypointSpec) -> int:
     """F = 3 L + K for the spec's L limbs and K keypoints."""
     return 3 * len(spec.skeleton) + spec.num_keypoints
+
+
+def torso_limbs(spec: KeypointSpec) -> list[tuple[int, int]]:
+    """The limbs of ``spec.skeleton`` that join a shoulder to a hip (by keypoint name).
+
+    COCO: (left shoulder, left hip), (right shoulder, right hip) -- DEKR's limbs 9 and 11. Empty
+    for a spec without such names (``pose_features`` then uses the joint box diagonal).
+    """
+    names = [n.lower() for n in spec.keypoints]
+    out = []
+    for a, b in spec.skeleton:
+        pair = {names[a], names[b]}
+        if any("shoulder" in n for n in pair) and any("hip" in n for n in pair):
+            out.append((a, b))
+    return out
+
+
+def pose_scale(poses: np.ndarray, spec: KeypointSpec) -> np.ndarray:
+    """Length that normalises the rescoring features: N values >= ``MIN_SCALE`` (pixels).
+
+    The mean length of the ``torso_limbs``; without torso limbs, the diagonal of the joints' box.
+
+    Args:
+        poses: N×K×≥2 (x, y, ...) in image pixels.
+    """
+    xy = np.asarray(poses, dtype=np.float64)[:, :, :2]
+    torso = np.asarray(torso_limbs(spec), dtype=np.int64).reshape(-1, 2)
+    if len(torso):
+        scale = np.linalg.norm(xy[:, torso[:, 1]] - xy[:, torso[:, 0]], axis=-1).mean(1)
+    else:
+        scale = np.linalg.norm(xy.max(1) - xy.min(1), axis=-1)
+    return np.maximum(scale, MIN_SCALE)
 
 
 def pose_features(poses: np.ndarray, spec: KeypointSpec) -> np.ndarray:
@@ -82,8 +124,7 @@ def pose_features(poses: np.ndarray, spec: KeypointSpec) -> np.ndarray:
     if poses.ndim != 3 or poses.shape[1] != k or poses.shape[2] < 3:
         raise ValueError(f"poses must be N×{k}×3 (x, y, score) for spec {spec.name!r}, got {poses.shape}")
     xy = poses[:, :, :2]  # N×K×2
-    extent = xy.max(1) - xy.min(1)  # N×2
-    scale = np.maximum(np.sqrt(extent[:, 0] * extent[:, 1]), MIN_SCALE)  # N
+    scale = pose_scale(poses, spec)  # N
     limbs = np.asarray(spec.skeleton, dtype=np.int64).reshape(-1, 2)  # L×2
     vec = (xy[:, limbs[:, 1]] - xy[:, limbs[:, 0]]) / scale[:, None, None]  # N×L×2
     length = np.sqrt((vec**2).sum(-1))  # N×L
@@ -258,17 +299,28 @@ def save_rescorer(path: str | Path, net: RescoreNet, spec: KeypointSpec) -> Path
 
 
 class Rescorer:
-    """``rescorer(poses N×K×3) -> scores N``: the predicted OKS of each pose (float64)."""
+    """DEKR's rescoring with a fitted net.
+
+    ``rescorer.predict(poses N×K×3) -> N`` predicted OKS; ``rescorer(poses, scores) -> N`` the new
+    person scores: predicted OKS × ``scores`` (NaN predictions count as 0), float64.
+    """
 
     def __init__(self, net: RescoreNet, spec: KeypointSpec) -> None:
         self.net = net.eval()
         self.spec = spec
 
-    def __call__(self, poses: np.ndarray) -> np.ndarray:
+    def predict(self, poses: np.ndarray) -> np.ndarray:
         poses = np.asarray(poses)
         if len(poses) == 0:
             return np.zeros(0)
         return predict_oks(self.net, pose_features(poses, self.spec))
+
+    def __call__(self, poses: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        predicted = self.predict(poses)
+        if predicted.shape != scores.shape:
+            raise ValueError(f"{len(predicted)} poses but {len(scores)} scores")
+        return np.nan_to_num(predicted, nan=0.0) * scores
 
 
 def load_rescorer(path: str | Path, spec: KeypointSpec) -> Rescorer:
@@ -368,42 +420,4 @@ def rescore_fit_main(
         "mean_target": float(targets.mean()),
         "mse_baseline": float(((targets - targets.mean()) ** 2).mean()),
         "mse": float(((pred - targets) ** 2).mean()),
-    }
-
-
-def rescore_gain(
-    checkpoint: str | Path,
-    data: str | Path,
-    rescore_path: str | Path,
-    split: str = "val",
-    out: str | Path | None = None,
-    flip: bool = False,
-    multi_scale: bool = False,
-    decoder: str = "regression",
-    device: str = "cpu",
-    max_images: int | None = None,
-    progress: bool = True,
-) -> dict:
-    """AP of the checkpoint on ``split`` without and with the rescoring net.
-
-    Both evaluations go through ``grmpose.evaluate_run.evaluate_checkpoint``; their results land in
-    ``out/without`` and ``out/with`` (default ``out``: ``<checkpoint folder>/rescore_gain_<split>``).
-
-    Returns:
-        ``{"AP_without", "AP_with", "metrics_without", "metrics_with"}``.
-    """
-    from grmpose.evaluate_run import evaluate_checkpoint
-
-    out = Path(out) if out is not None else Path(checkpoint).parent / f"rescore_gain_{split}"
-    common = dict(
-        split=split, flip=flip, multi_scale=multi_scale, decoder=decoder, device=device,
-        max_images=max_images, progress=progress,
-    )  # fmt: skip
-    without = evaluate_checkpoint(checkpoint, str(data), out=out / "without", **common)
-    with_ = evaluate_checkpoint(checkpoint, str(data), out=out / "with", rescore=rescore_path, **common)
-    return {
-        "AP_without": float(without["AP"]),
-        "AP_with": float(with_["AP"]),
-        "metrics_without": without,
-        "metrics_with": with_,
     }

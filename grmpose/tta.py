@@ -10,9 +10,13 @@ padded to /32, ``grmpose.inference.prepare_image``), with its own image -> input
 * Multi-scale: heatmaps and tags of every scale are resampled onto one common grid -- the map grid
   of the reference scale (1, or the scale closest to 1) -- through the exact affine between the two
   map grids (bilinear, zero outside), and averaged. Regressed candidates are collected from every
-  scale on that scale's own maps (scores of scales ≠ 1 times ``spec.multiscale_factor``), moved to
-  the common grid, their keypoint scores re-read from the averaged heatmap (centre score × heat),
-  then one pose NMS (``grmpose.decode.pose_nms``) over the union keeps at most ``max_people``.
+  scale on that scale's own maps, moved to the common grid, and their keypoint scores re-read from
+  the averaged heatmap (centre score × heat); then one pose NMS (``grmpose.decode.pose_nms``) over
+  the union keeps at most ``max_people``. Centre scores of every other scale are first normalised
+  as DEKR does (``lib/core/nms.py``, ``pose_nms``): divided by that scale's highest centre score,
+  times the reference scale's highest (1 when the reference found no centre), times
+  ``spec.multiscale_factor`` (0.9 COCO, 0.8 CrowdPose). So the best candidate of a scale ≠ 1
+  starts at ``factor ×`` the best of scale 1, whatever the scale's own heatmap level.
 * Decoders: ``regression`` as above; ``hybrid`` takes the candidates that survive pose NMS, snaps
   them to tag-consistent peaks of the averaged maps and re-scores them; ``ae`` groups the averaged
   heatmaps and tags. Pose NMS is applied (again) for every decoder.
@@ -201,13 +205,16 @@ def decode_scales(
         snap_kw = {key: kw[key] for key in _SNAP_OPTIONS if key in kw}
         if "peak_kernel" in kw:
             snap_kw["kernel"] = kw["peak_kernel"]
+        found = [
+            regression_candidates(s.heatmaps, s.offsets, spec, max_people, **center_kw) for s in per_scale
+        ]
+        ref_max = found[ref][1].max() if len(found[ref][1]) else 1.0
         joints, centres = [], []
-        for s in per_scale:  # a handful of scales
-            j, c = regression_candidates(s.heatmaps, s.offsets, spec, max_people, **center_kw)
-            if s is not base:
+        for i, (s, (j, c)) in enumerate(zip(per_scale, found)):  # a handful of scales
+            if i != ref:
                 j = _apply_affine(j, _map_to_map(base.image_to_map, s.image_to_map))
-            if s.scale != 1.0:
-                c = c * spec.multiscale_factor
+                if len(c):  # DEKR: to the reference scale's maximum, then the factor
+                    c = c / c.max() * ref_max * spec.multiscale_factor
             joints.append(j)
             centres.append(c)
         joints, centres = torch.cat(joints), torch.cat(centres)
