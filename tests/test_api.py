@@ -54,6 +54,32 @@ def write_video(path: Path, frames: int = 5, size: tuple[int, int] = (128, 96)) 
     return path
 
 
+# RGB colours of the solid-colour clip: red, green and blue dominant, so a channel swap moves each
+# value by more than 100 levels. MJPG and mp4v reproduce a solid colour within a few levels.
+CLIP_COLOURS = ((220, 30, 60), (20, 200, 90), (40, 70, 230))
+CODEC_TOL = 8
+
+
+def write_solid_video(path: Path, colours=CLIP_COLOURS, size: tuple[int, int] = (64, 48)) -> Path:
+    """One frame per RGB colour, each frame filled with it; written in OpenCV's BGR order."""
+    cv2 = pytest.importorskip("cv2")
+    w, h = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (w, h))
+    assert writer.isOpened()
+    for r, g, b in colours:
+        frame = np.empty((h, w, 3), np.uint8)
+        frame[..., 0], frame[..., 1], frame[..., 2] = b, g, r  # OpenCV stores blue first
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def assert_solid(image: np.ndarray, rgb: tuple[int, int, int], tol: int = CODEC_TOL) -> None:
+    """Every pixel of ``image`` (H×W×3) within ``tol`` levels of ``rgb`` in every channel."""
+    diff = np.abs(image.reshape(-1, 3).astype(int) - np.array(rgb))
+    assert diff.max() <= tol, f"pixels {image.reshape(-1, 3)[diff.max(1).argmax()]} vs expected {rgb}"
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-random.safetensors")
@@ -181,14 +207,61 @@ def test_torch_forward_moves_inputs_to_model_device(checkpoint):
 
 
 # ------------------------------------------------------------------------------------------ video
-def test_stream_over_video_frames(estimator, tmp_path):
-    video = write_video(tmp_path / "clip.avi")
+def test_video_frames_are_rgb(tmp_path):
+    """A solid-colour clip decodes to its RGB colours (OpenCV reads BGR: the swap must happen once)."""
+    video = write_solid_video(tmp_path / "solid.avi")
     frames = list(video_frames(video))
-    assert len(frames) == 5 and frames[0].shape == (96, 128, 3) and frames[0].dtype == np.uint8
-    results = list(estimator.stream(video_frames(video)))
-    assert len(results) == 5
-    assert_same_poses(results[2], estimator(frames[2]))
+    assert len(frames) == len(CLIP_COLOURS)
+    for frame, rgb in zip(frames, CLIP_COLOURS):
+        assert frame.shape == (48, 64, 3) and frame.dtype == np.uint8 and frame.flags["C_CONTIGUOUS"]
+        assert_solid(frame, rgb)
     assert len(list(video_frames(video, max_frames=2))) == 2
+
+
+def decode_rgb_independently(path: Path) -> list[np.ndarray]:
+    """The reference decoder: OpenCV's reader and an explicit BGR -> RGB channel reversal."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(np.stack([bgr[..., 2], bgr[..., 1], bgr[..., 0]], axis=-1))
+    cap.release()
+    return frames
+
+
+def test_stream_equals_one_call_per_independently_decoded_frame(estimator, tmp_path):
+    video = write_video(tmp_path / "clip.avi", frames=3)
+    reference_frames = decode_rgb_independently(video)
+    assert len(reference_frames) == 3
+    expected = [estimator(frame) for frame in reference_frames]
+    # the crops move, so the frames' poses differ: a stream that repeats or reorders frames fails
+    assert all(len(a) > 0 for a in expected)
+    assert any(
+        len(a) != len(b) or any(not np.allclose(p.keypoints, q.keypoints) for p, q in zip(a, b))
+        for a, b in zip(expected, expected[1:])
+    )
+
+    pulled = []
+
+    def frames():
+        for i, frame in enumerate(video_frames(video)):
+            pulled.append(i)
+            yield frame
+
+    stream = estimator.stream(frames())
+    first = next(stream)
+    assert pulled == [0], "stream must be lazy: one frame read per result"
+    results = [first, *stream]
+    assert len(results) == 3
+    for got, want in zip(results, expected):
+        assert_same_poses(got, want)
+    bgr_frames = [np.ascontiguousarray(f[..., ::-1]) for f in reference_frames[:2]]
+    for got, want in zip(estimator.stream(bgr_frames, color="bgr"), expected):
+        assert_same_poses(got, want)
 
 
 def test_video_frames_errors_name_the_source(tmp_path):

@@ -236,3 +236,36 @@ def test_image_ids_and_picture_names(tmp_path):
     names = picture_paths([Path("a/x.png"), Path("b/x.jpg")], tmp_path, [0, 1])
     assert [p.name for p in names] == ["x.jpg", "x_pose.jpg"]
     assert np.unique([str(p) for p in names]).size == 2
+
+
+def test_video_frames_reach_the_model_as_rgb_and_the_output_video_keeps_colours(
+    checkpoint, tmp_path, monkeypatch
+):
+    """predict on a solid-colour clip: the estimator gets RGB frames, the annotated video has the same colours."""
+    cv2 = pytest.importorskip("cv2")
+    from grmpose.api import PoseEstimator
+    from tests.test_api import CLIP_COLOURS, assert_solid, write_solid_video
+
+    seen = []
+
+    def no_poses(self, image):
+        seen.append(image.copy())
+        return np.zeros((0, self.spec.num_keypoints, 3)), np.zeros(0)
+
+    monkeypatch.setattr(PoseEstimator, "predict_arrays", no_poses)  # nothing drawn: the picture is the frame
+    video = write_solid_video(tmp_path / "solid.avi")
+    summary = run(video, tmp_path / "out", checkpoint)
+    assert summary["processed"] == len(seen) == len(CLIP_COLOURS)
+    for image, rgb in zip(seen, CLIP_COLOURS):
+        assert_solid(image, rgb)
+    cap = cv2.VideoCapture(summary["video"])
+    written = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        written.append(bgr)
+    cap.release()
+    assert len(written) == len(CLIP_COLOURS)
+    for bgr, (r, g, b) in zip(written, CLIP_COLOURS):
+        assert_solid(bgr, (b, g, r))  # OpenCV files hold BGR: a missing or double swap fails
