@@ -107,6 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, device=args.device,
         resume=args.resume, amp=not args.no_amp, progress=not args.quiet, schedule=args.schedule,
         lr_steps=tuple(args.lr_steps) if args.lr_steps else None, offset_loss=args.offset_loss,
+        center_sigma=args.center_sigma, skip_empty_images=not args.keep_empty_images,
     )  # fmt: skip
     summary = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -286,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="a last.pt to continue from")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--offset-loss", type=float, default=0.03, help="offset loss factor (DEKR: 0.03)")
+    p.add_argument(
+        "--center-sigma", type=float, default=None, help="centre heatmap sigma (default: COCO 4, CrowdPose 2)"
+    )
+    p.add_argument(
+        "--keep-empty-images", action="store_true", help="also train on images without annotations"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 

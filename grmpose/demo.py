@@ -46,7 +46,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     data = out / "data"
     marker = data / "demo_data.json"
-    wanted = {"train": cfg.train_images, "val": cfg.val_images, "size": cfg.image_size, "seed": cfg.seed,
+    wanted = {"format": 2, "train": cfg.train_images, "val": cfg.val_images, "size": cfg.image_size, "seed": cfg.seed,
               "max_people": cfg.max_people}  # fmt: skip
     if not (marker.is_file() and json.loads(marker.read_text()) == wanted):
         log.info("generating %d + %d synthetic images in %s", cfg.train_images, cfg.val_images, data)

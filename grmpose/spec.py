@@ -36,6 +36,12 @@ class KeypointSpec:
             easy/medium/hard from the image ``crowdIndex``) instead of the COCO way.
         nms_joints: two poses are duplicates when more than this many joints coincide.
         multiscale_factor: score factor for candidates from test scales other than 1.
+        min_person_area: training rule: a person whose annotated ``area`` (image pixels²) is
+            below this gets no centre and no offsets (its joints keep their heatmaps). COCO:
+            32² (DEKR's ``COCOKeypoints.py``); 0 = off (CrowdPose, DEKR's ``CrowdPoseKeypoints.py``).
+        center_sigma: training default of the person-centre Gaussian σ (map pixels): COCO 4,
+            CrowdPose 2 (what DEKR's code trains with: its ``idx < 17`` test gives a 14-joint
+            spec's centre the joint σ); ``TrainConfig.center_sigma`` overrides it.
     """
 
     name: str
@@ -46,6 +52,8 @@ class KeypointSpec:
     crowd_eval: bool = False
     nms_joints: int | None = None
     multiscale_factor: float = 0.9
+    min_person_area: float = 0.0
+    center_sigma: float = 4.0
     limb_colors: tuple[tuple[int, int, int], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +71,10 @@ class KeypointSpec:
         flat = [i for pair in self.flip_pairs for i in pair]
         if len(flat) != len(set(flat)):
             raise ValueError(f"keypoint spec {self.name!r}: an index appears in two flip pairs")
+        if not self.min_person_area >= 0:
+            raise ValueError(f"keypoint spec {self.name!r}: min_person_area must be >= 0")
+        if not self.center_sigma > 0:
+            raise ValueError(f"keypoint spec {self.name!r}: center_sigma must be > 0")
 
     @property
     def num_keypoints(self) -> int:
@@ -91,6 +103,8 @@ class KeypointSpec:
             "crowd_eval": self.crowd_eval,
             "nms_joints": self.nms_joints,
             "multiscale_factor": self.multiscale_factor,
+            "min_person_area": self.min_person_area,
+            "center_sigma": self.center_sigma,
         }
 
     @classmethod
@@ -118,6 +132,8 @@ class KeypointSpec:
                 crowd_eval=bool(d.get("crowd_eval", False)),
                 nms_joints=d.get("nms_joints"),
                 multiscale_factor=float(d.get("multiscale_factor", 0.9)),
+                min_person_area=float(d.get("min_person_area", 0.0)),
+                center_sigma=float(d.get("center_sigma", 4.0)),
             )
         except (TypeError, ValueError) as err:
             if isinstance(err, ValueError) and source in str(err):
@@ -191,6 +207,8 @@ COCO = KeypointSpec(
     crowd_eval=False,
     nms_joints=8,
     multiscale_factor=0.9,
+    min_person_area=32.0**2,
+    center_sigma=4.0,
 )
 
 _CROWDPOSE_NAMES = (
@@ -222,6 +240,8 @@ CROWDPOSE = KeypointSpec(
     crowd_eval=True,
     nms_joints=7,
     multiscale_factor=0.8,
+    min_person_area=0.0,
+    center_sigma=2.0,
 )
 
 SPECS: dict[str, KeypointSpec] = {"coco": COCO, "crowdpose": CROWDPOSE}

@@ -8,6 +8,15 @@ A keypoint (or person centre) is *in the map* when its nearest map cell ``floor(
 inside the H×W map; keypoints outside the map are ignored everywhere (no Gaussian, no offset, no
 tag). A keypoint is *labelled* when ``v > 0``.
 
+Offset weights follow DEKR (``target_generators.py`` ``OffsetGenerator``, ``COCOKeypoints.py``
+``cal_area_2_torch``, ``transforms.py`` ``area * final_scale``): ``1 / sqrt(w^2 + h^2)``, one over
+the person's box diagonal in *input-crop* pixels, while the offsets themselves are in map pixels.
+Two departures, both for people DEKR's code mis-sizes: the box is the labelled joints' box joined
+with the annotation box (DEKR's code measures from the image origin, because the centre row and
+unlabelled joints are still zeros when it measures: a quirk, not the paper's ``Z``), and
+the diagonal is floored at ``MIN_PERSON_SIZE`` so that a one-joint person without a box (diagonal
+0) cannot dominate the loss.
+
 Everything is vectorised over people and keypoints with numpy: each Gaussian or offset disc is a
 fixed-size window of candidate cells, built for all (person, keypoint) pairs at once and scattered
 into the maps.
@@ -20,7 +29,11 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["build_targets", "person_centers_and_areas"]
+__all__ = ["MIN_PERSON_SIZE", "build_targets", "person_centers", "person_sizes"]
+
+#: Floor of a person's size (box diagonal, input-crop pixels) in the offset weight ``1 / size``:
+#: a person with one labelled joint and no box has size 0; the floor keeps them from dominating.
+MIN_PERSON_SIZE = 32.0
 
 
 def _round(u: np.ndarray) -> np.ndarray:
@@ -28,29 +41,51 @@ def _round(u: np.ndarray) -> np.ndarray:
     return np.floor(u + 0.5).astype(np.int64)
 
 
-def person_centers_and_areas(kpts_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre (mean of labelled joints) and labelled-joint box area of each person, in map units.
+def person_centers(keypoints: np.ndarray) -> np.ndarray:
+    """Each person's centre: the mean of their labelled joints (DEKR's centre).
 
     Args:
-        kpts_map: N×K×3 keypoints ``(u, v_coord, vis)`` in map units.
+        keypoints: N×K×3 ``(x, y, v)`` in any pixel frame.
 
     Returns:
-        centers N×2 (x, y; NaN for people without labelled joints), areas N (box w·h, at least 1
-        map pixel² so that ``1/sqrt(area)`` stays finite), has_joints N bool.
+        N×3 float64 ``(x, y, v)`` in the same frame; ``v = 1`` for people with a labelled joint,
+        ``(0, 0, 0)`` for the others.
     """
-    labelled = kpts_map[:, :, 2] > 0  # N×K
-    has = labelled.any(1)
+    kpts = np.asarray(keypoints, dtype=np.float64)
+    labelled = kpts[:, :, 2] > 0  # N×K
     count = labelled.sum(1)
-    xy = kpts_map[:, :, :2]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centers = (xy * labelled[:, :, None]).sum(1) / count[:, None]
-    big = np.where(labelled[:, :, None], xy, np.inf)
-    small = np.where(labelled[:, :, None], xy, -np.inf)
-    lo = big.min(1)
-    hi = small.max(1)
-    extent = np.where(has[:, None], hi - lo, 0.0)
-    areas = np.maximum(extent[:, 0] * extent[:, 1], 1.0)
-    return centers, areas, has
+    out = np.zeros((len(kpts), 3))
+    has = count > 0
+    out[has, :2] = (kpts[has, :, :2] * labelled[has, :, None]).sum(1) / count[has, None]
+    out[has, 2] = 1.0
+    return out
+
+
+def person_sizes(keypoints: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
+    """Each person's size ``sqrt(w^2 + h^2)``: the diagonal of their box (DEKR's ``Z``).
+
+    The box holds the person's labelled joints and, when given, their annotation box.
+
+    Args:
+        keypoints: N×K×3 ``(x, y, v)``.
+        boxes: optional N×4 ``(x, y, w, h)`` annotation boxes, same pixel frame.
+
+    Returns:
+        N float64 diagonals (0 for a person with one labelled joint and no box, or none at all).
+    """
+    kpts = np.asarray(keypoints, dtype=np.float64)
+    if len(kpts) == 0 or kpts.shape[1] == 0:
+        return np.zeros(len(kpts))
+    labelled = kpts[:, :, 2] > 0
+    xy = kpts[:, :, :2]
+    lo = np.where(labelled[:, :, None], xy, np.inf).min(1)  # N×2
+    hi = np.where(labelled[:, :, None], xy, -np.inf).max(1)
+    if boxes is not None:
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        lo = np.minimum(lo, b[:, :2])
+        hi = np.maximum(hi, b[:, :2] + b[:, 2:])
+    extent = np.where(np.isfinite(lo) & np.isfinite(hi), hi - lo, 0.0)
+    return np.sqrt((extent**2).sum(1))
 
 
 def _window(radius: int) -> np.ndarray:
@@ -105,6 +140,9 @@ def build_targets(
     center_radius: int = 4,
     mask: np.ndarray | None = None,
     background_weight: float = 0.1,
+    centers: np.ndarray | None = None,
+    sizes: np.ndarray | None = None,
+    min_size: float = MIN_PERSON_SIZE,
 ) -> dict[str, torch.Tensor]:
     """Heatmap, offset and tag targets for one image.
 
@@ -113,29 +151,37 @@ def build_targets(
         map_size: ``(H, W)`` of the output maps.
         stride: output stride (input pixel ``x`` is map coordinate ``x / stride``).
         sigma: keypoint Gaussian σ (map pixels).
-        center_sigma: person-centre Gaussian σ (map pixels); the same for every dataset.
+        center_sigma: person-centre Gaussian σ (map pixels); DEKR trains COCO with 4, CrowdPose
+            with 2 (``KeypointSpec.center_sigma``).
         center_radius: offsets are stored at every cell within this Euclidean distance of a
             person's centre.
         mask: optional H×W weight map; 0 marks cells to ignore (crowds, unannotated people).
             Heatmap and offset weights are multiplied by it.
         background_weight: heatmap weight outside every Gaussian window.
+        centers: optional N×3 ``(x, y, v)`` person centres in input-crop pixels; ``v > 0`` means
+            the person has a centre. The dataset computes them before the crop from all labelled
+            joints (DEKR) and clears ``v`` for people under the spec's ``min_person_area``.
+            Default: :func:`person_centers` of ``keypoints``.
+        sizes: optional N person sizes ``sqrt(w^2 + h^2)`` in input-crop pixels (the dataset's:
+            box of the labelled joints and the annotation box, scaled into the crop). Default:
+            :func:`person_sizes` of ``keypoints``.
+        min_size: floor on the size in the offset weight (input-crop pixels).
 
     Returns:
         dict of torch tensors:
-            ``heatmaps`` (K+1)×H×W float32: Gaussians, maximum over people; channel K = centre
-            (mean of the person's labelled joints).
+            ``heatmaps`` (K+1)×H×W float32: Gaussians, maximum over people; channel K = centre.
             ``heat_weights`` (K+1)×H×W float32: 1 inside a Gaussian window of that channel,
             ``background_weight`` elsewhere, times ``mask``.
             ``offsets`` 2K×H×W float32: channel 2k = x, 2k+1 = y of ``cell - keypoint`` (map
-            units) around each centre; where discs overlap the person with the smaller area wins
-            (ties: lower index).
-            ``offset_weights`` 2K×H×W float32: ``1/sqrt(area)`` (area = w·h of the labelled
-            joints' box in map pixels², at least 1) for labelled in-map joints of the owning
-            person, 0 elsewhere, times ``mask``.
+            units) around each centre; where discs overlap the person with the smaller size
+            wins (ties: lower index).
+            ``offset_weights`` 2K×H×W float32: ``1 / max(size, min_size)`` (DEKR's
+            ``1 / sqrt(w^2 + h^2)``, one over the person's diagonal in input-crop pixels) for
+            labelled in-map joints of the owning person, 0 elsewhere, times ``mask``.
             ``tag_index`` N×K int64: flat index ``y*W + x`` of the nearest cell of each labelled
             in-map keypoint, −1 otherwise.
-        People without labelled joints, or whose centre is outside the map, get no centre and no
-        offsets (their in-map joints still get Gaussians and tag indices).
+        People without a centre, or whose centre is outside the map, get no centre Gaussian and
+        no offsets (their in-map joints still get Gaussians and tag indices).
     """
     kpts = np.asarray(keypoints, dtype=np.float64)
     h, w = int(map_size[0]), int(map_size[1])
@@ -146,6 +192,12 @@ def build_targets(
     n, k = kpts.shape[:2]
     kmap = kpts[:, :, :3].copy()
     kmap[:, :, :2] /= float(stride)
+    centers = person_centers(kpts) if centers is None else np.asarray(centers, dtype=np.float64)
+    sizes = person_sizes(kpts) if sizes is None else np.asarray(sizes, dtype=np.float64)
+    if centers.shape != (n, 3) or not np.all(np.isfinite(centers)):
+        raise ValueError(f"centers must be a finite {n}×3 array (x, y, v), got shape {centers.shape}")
+    if sizes.shape != (n,) or not np.all(np.isfinite(sizes)):
+        raise ValueError(f"sizes must be {n} finite numbers, got shape {sizes.shape}")
 
     heatmaps = np.zeros((k + 1, h, w), np.float32)
     inside = np.zeros((k + 1, h, w), bool)
@@ -161,18 +213,20 @@ def build_targets(
     _, joint = np.nonzero(valid)
     _draw_gaussians(kmap[:, :, :2][valid], joint, sigma, heatmaps, inside)
 
-    # centres
-    centers, areas, has = person_centers_and_areas(kmap)
-    ccell = _round(np.nan_to_num(centers))
-    has = has & (ccell[:, 0] >= 0) & (ccell[:, 0] < w) & (ccell[:, 1] >= 0) & (ccell[:, 1] < h)
+    # centres (map units)
+    cmap = centers[:, :2] / float(stride)
+    ccell = _round(cmap)
+    has = (
+        (centers[:, 2] > 0) & (ccell[:, 0] >= 0) & (ccell[:, 0] < w) & (ccell[:, 1] >= 0) & (ccell[:, 1] < h)
+    )
     people = np.nonzero(has)[0]
-    _draw_gaussians(centers[people], np.full(len(people), k), center_sigma, heatmaps, inside)
+    _draw_gaussians(cmap[people], np.full(len(people), k), center_sigma, heatmaps, inside)
 
     # offsets: candidate cells of every person's disc, then the smallest person wins each cell
     if len(people):
         disc = _window(int(center_radius) + 1)  # Q×2
         cells = ccell[people][:, None, :] + disc[None]  # P×Q×2
-        dist2 = ((cells - centers[people][:, None, :]) ** 2).sum(-1)
+        dist2 = ((cells - cmap[people][:, None, :]) ** 2).sum(-1)
         keep = (
             (dist2 <= center_radius**2)
             & (cells[..., 0] >= 0)
@@ -183,7 +237,7 @@ def build_targets(
         owner = np.broadcast_to(people[:, None], keep.shape)[keep]  # R people
         cx, cy = cells[..., 0][keep], cells[..., 1][keep]  # R cells
         flat = cy * w + cx
-        order = np.lexsort((owner, areas[owner], flat))  # by cell, then area, then index
+        order = np.lexsort((owner, sizes[owner], flat))  # by cell, then size, then index
         flat, owner, cx, cy = flat[order], owner[order], cx[order], cy[order]
         first = np.ones(len(flat), bool)
         first[1:] = flat[1:] != flat[:-1]
@@ -191,8 +245,8 @@ def build_targets(
 
         dx = cx[:, None] - kmap[owner, :, 0]  # R'×K
         dy = cy[:, None] - kmap[owner, :, 1]
-        wgt = valid[owner] / np.sqrt(areas[owner])[:, None]  # R'×K
-        wgt = wgt.astype(np.float32)
+        weight = 1.0 / np.maximum(sizes, float(min_size))  # N
+        wgt = (valid[owner] * weight[owner][:, None]).astype(np.float32)  # R'×K
         off_flat = offsets.reshape(2 * k, -1)
         wgt_flat = offset_weights.reshape(2 * k, -1)
         off_flat[0::2, flat] = np.where(valid[owner], dx, 0.0).T

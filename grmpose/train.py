@@ -1,17 +1,25 @@
-"""Training: a plain loop with optional DDP and AMP, resumable exactly.
+"""Training: a plain loop with optional DDP and AMP, resumable exactly, stoppable by a signal.
 
 ``train(TrainConfig(...))`` runs on one process, or under ``torchrun --nproc_per_node=N`` on N
 processes with DistributedDataParallel (NCCL on GPU, gloo on CPU; SyncBatchNorm only on GPU).
 Rank 0 writes everything: ``config.json`` (the resolved config + git revision), ``log.jsonl``
 (JSON lines), TensorBoard events (when installed), ``last.pt`` (resumable training checkpoint,
 written atomically every epoch and every ``checkpoint_every`` steps), ``last.safetensors`` and
-``best.safetensors`` (weights for sharing).
+``best.safetensors`` (weights for sharing; the EMA weights when ``ema`` is on).
 
 Exact resumption: the sample order of an epoch is a permutation drawn from ``(seed, epoch)``,
-each sample's augmentation from ``(seed, epoch, index)``, and the checkpoint stores the model,
-optimiser, scheduler, step inside the epoch and torch's RNG state -- so a run stopped (even
-killed) and resumed from its last checkpoint ends with the same weights as an uninterrupted one
-on CPU.
+each sample's augmentation from ``(seed, epoch, index)``, the learning rate is a function of the
+run's progress and step count (``grmpose.schedule``), and the checkpoint stores the model,
+optimiser, EMA, AMP scaler, step inside the epoch, training time so far and torch's RNG state --
+so a run stopped (even killed) and resumed from its last checkpoint ends with the same weights as
+an uninterrupted one on CPU. A time budget (``max_minutes``) counts the training time of every
+start of the run, so the budget and the schedule survive ``--resume``.
+
+Preemption: SIGTERM or SIGINT (a cluster's notice before a kill, Ctrl-C) lets the current step
+finish, writes ``last.pt`` and returns with ``stop_reason`` naming the signal (the CLI exits
+128 + signal number and prints the ``--resume`` command). Under DDP the ranks agree after every
+step (one all-reduce) whether any of them was signalled, so all stop at the same step. A second
+signal stops at once.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,18 +43,18 @@ from torch import nn
 
 from grmpose.checkpoint import read_checkpoint, save_training_checkpoint, save_weights, unwrap
 from grmpose.config import get_preset
-from grmpose.data.coco import DataError, ImageRecord, load_coco_keypoints, resolve_dataset
+from grmpose.data.coco import DataError, ImageRecord, annotated_images, load_split, resolve_dataset
 from grmpose.data.dataset import OUTPUT_STRIDE, PoseDataset, collate
 from grmpose.fileio import check_output_dir
 from grmpose.losses import LossWeights, collate_targets, total_loss
 from grmpose.model.net import GRMPoseNet
+from grmpose.schedule import LR_SCHEDULES, SCHEDULES, WeightEMA, drop_fractions, lr_at, run_progress
 from grmpose.spec import KeypointSpec
 from grmpose.targets import build_targets
 
 log = logging.getLogger(__name__)
 
-# Paper schedules (epochs, lr steps); scaled proportionally when fewer epochs are asked for.
-SCHEDULES: dict[str, tuple[int, tuple[int, ...]]] = {"coco": (140, (90, 120)), "crowdpose": (300, (200, 260))}
+OPTIMIZERS = ("adam", "adamw")
 
 
 @dataclass(frozen=True)
@@ -79,9 +89,65 @@ class TrainConfig:
         0.03  # factor of the offset loss (DEKR's); short CPU runs learn offsets faster with more
     )
     progress: bool = True
+    # Training rules from DEKR (docs/architecture.md, "Training rules and their DEKR source"):
+    center_sigma: float | None = None  # centre Gaussian σ (map px); default: the spec's (COCO 4, CrowdPose 2)
+    skip_empty_images: bool = True  # train only on images with an annotation, as DEKR
+    # Optimiser, learning-rate schedule and weight averaging (grmpose/schedule.py). The defaults are
+    # DEKR's: Adam at 1e-3, no weight decay, x0.1 drops at the schedule's epochs, no warmup, no EMA.
+    optimizer: str = "adam"  # "adam" | "adamw" (decoupled weight decay)
+    weight_decay: float = 0.0  # applied to conv/linear weights only (not to norms or biases)
+    lr_schedule: str = "step"  # "step" (x0.1 at the schedule's fractions) | "cosine"
+    warmup_steps: int = 0  # linear warmup from lr / warmup_steps to lr over this many steps
+    min_lr_ratio: float = 0.01  # cosine ends at lr * min_lr_ratio
+    ema: float = 0.0  # decay of the weights' moving average; 0 = off
+
+    def __post_init__(self) -> None:
+        check_train_config(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Refuse impossible values with one line naming the ``grmpose train`` flag (ValueError)."""
+
+    def bad(field: str, rule: str) -> None:
+        flag = "--" + field.replace("_", "-")
+        raise ValueError(f"{flag} must be {rule}, got {getattr(cfg, field)!r}")
+
+    for field in ("batch_size", "accumulate", "log_every", "max_nonfinite"):
+        if getattr(cfg, field) < 1:
+            bad(field, "at least 1")
+    for field in ("epochs", "val_images", "max_steps"):
+        if getattr(cfg, field) is not None and getattr(cfg, field) < 1:
+            bad(field, "at least 1")
+    for field in ("workers", "val_every", "checkpoint_every", "warmup_steps"):
+        if getattr(cfg, field) < 0:
+            bad(field, "0 or more")
+    if cfg.accumulate > cfg.batch_size:
+        bad("accumulate", f"at most --batch-size ({cfg.batch_size}): each chunk needs an image")
+    if not (cfg.lr > 0 and np.isfinite(cfg.lr)):
+        bad("lr", "a positive number")
+    if cfg.max_minutes is not None and not (cfg.max_minutes > 0 and np.isfinite(cfg.max_minutes)):
+        bad("max_minutes", "a positive number")
+    if cfg.input_size is not None and (cfg.input_size < 32 or cfg.input_size % 32):
+        bad("input_size", "a positive multiple of 32")
+    if cfg.lr_steps is not None and any(s < 1 for s in cfg.lr_steps):
+        bad("lr_steps", "epochs of 1 or more")
+    if not (cfg.offset_loss >= 0 and np.isfinite(cfg.offset_loss)):
+        bad("offset_loss", "0 or more")
+    if not (cfg.weight_decay >= 0 and np.isfinite(cfg.weight_decay)):
+        bad("weight_decay", "0 or more")
+    if not 0 <= cfg.min_lr_ratio <= 1:
+        bad("min_lr_ratio", "between 0 and 1")
+    if not 0 <= cfg.ema < 1:
+        bad("ema", "a decay in [0, 1) (0: off)")
+    if cfg.optimizer not in OPTIMIZERS:
+        bad("optimizer", "one of " + ", ".join(OPTIMIZERS))
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        bad("lr_schedule", "one of " + ", ".join(LR_SCHEDULES))
+    if cfg.schedule is not None and cfg.schedule not in SCHEDULES:
+        bad("schedule", "one of " + ", ".join(SCHEDULES))
 
 
 # ---------------------------------------------------------------------------- distributed
@@ -119,14 +185,24 @@ def setup_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
 class TargetCollate:
     """Collate samples and build their training targets (runs inside DataLoader workers)."""
 
-    def __init__(self, map_size: int) -> None:
+    def __init__(self, map_size: int, center_sigma: float = 4.0) -> None:
         self.map_size = map_size
+        self.center_sigma = center_sigma
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = collate(samples)
+        size = (self.map_size, self.map_size)
         targets = [
-            build_targets(k.numpy(), (self.map_size, self.map_size), stride=OUTPUT_STRIDE, mask=m.numpy())
-            for k, m in zip(batch["keypoints"], batch["mask"])
+            build_targets(
+                k.numpy(),
+                size,
+                stride=OUTPUT_STRIDE,
+                center_sigma=self.center_sigma,
+                mask=m.numpy(),
+                centers=c.numpy(),
+                sizes=z.numpy(),
+            )
+            for k, m, c, z in zip(batch["keypoints"], batch["mask"], batch["centers"], batch["sizes"])
         ]
         batch["targets"] = collate_targets(targets)
         return batch
@@ -145,7 +221,7 @@ def epoch_order(n: int, seed: int, epoch: int, batch: int, rank: int, world: int
     ]
 
 
-def present_images(records: list[ImageRecord], ann_file: Path) -> tuple[list[ImageRecord], int]:
+def present_images(records: list[ImageRecord], ann_file: str | Path) -> tuple[list[ImageRecord], int]:
     """The records whose image file exists, and how many were missing (logged with the first names)."""
     if not records:
         raise DataError(f"{ann_file}: no images listed, nothing to train on")
@@ -183,26 +259,71 @@ def git_revision() -> str:
         return "unknown"
 
 
-def _schedule(cfg: TrainConfig, spec: KeypointSpec) -> tuple[int, tuple[int, ...]]:
-    schedule = cfg.schedule or (spec.name if spec.name in SCHEDULES else "coco")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    return SCHEDULES[schedule]
+def schedule_plan(cfg: TrainConfig, spec: KeypointSpec) -> tuple[int, tuple[float, ...]]:
+    """Epoch count and the step schedule's drop points as fractions of the run.
+
+    DEKR's schedule by name (``cfg.schedule``, else the spec's name if it has one, else COCO's),
+    scaled to ``cfg.epochs``; see ``grmpose.schedule.drop_fractions``.
+    """
+    name = cfg.schedule or (spec.name if spec.name in SCHEDULES else "coco")
+    epochs = cfg.epochs or SCHEDULES[name][0]
+    epoch_driven = cfg.max_minutes is None and cfg.max_steps is None
+    return epochs, drop_fractions(name, epochs, cfg.lr_steps, epoch_driven)
 
 
-def time_fractions(cfg: TrainConfig, spec: KeypointSpec) -> list[float]:
-    """LR-step points as fractions of the run (used when a time budget drives the schedule)."""
-    full_epochs, steps = _schedule(cfg, spec)
-    return [s / full_epochs for s in steps]
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (DEKR's) or AdamW; with weight decay, norms and biases (1-D tensors) are not decayed."""
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    if cfg.weight_decay == 0:
+        return cls(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    return cls(groups, lr=cfg.lr)
 
 
-def lr_milestones(cfg: TrainConfig, spec: KeypointSpec) -> tuple[int, list[int]]:
-    """Epoch count and lr-step epochs: the paper's schedule scaled to ``cfg.epochs``."""
-    full_epochs, steps = _schedule(cfg, spec)
-    epochs = cfg.epochs or full_epochs
-    if cfg.lr_steps is not None:
-        return epochs, list(cfg.lr_steps)
-    return epochs, [max(1, round(s * epochs / full_epochs)) for s in steps]
+def make_grad_scaler(use_amp: bool, device: torch.device) -> torch.amp.GradScaler:
+    """The AMP loss scaler (a no-op when AMP is off); tests replace it with a fake one."""
+    return torch.amp.GradScaler(device.type, enabled=use_amp)
+
+
+class StopSignals:
+    """SIGTERM / SIGINT set ``received`` (the loop stops after the current step); a second one
+    raises KeyboardInterrupt at once. Installed only in the main thread; restored on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped without a checkpoint")
+        self.received = signum
+
+    def __exit__(self, *exc) -> bool:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGINT to the main process, which ends them after its checkpoint.
+
+    (torchrun signals each rank's whole process group, and a terminal's Ctrl-C reaches every
+    process: a worker killed mid-batch would make the main process fail instead of stopping cleanly.)
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------- logging
@@ -261,8 +382,17 @@ def train(cfg: TrainConfig) -> dict:
             stale.unlink()
             log.info("removed %s, left by an interrupted run", stale)
 
-    ann_file, image_dir, spec = resolve_dataset(cfg.data, "train")
-    records, missing_images = present_images(load_coco_keypoints(ann_file, image_dir, spec), ann_file)
+    records, spec = load_split(cfg.data, "train")
+    records, missing_images = present_images(records, cfg.data)
+    if cfg.skip_empty_images:
+        annotated = annotated_images(records)
+        if not annotated:
+            raise DataError(f"{cfg.data}: no training image has an annotation (pass --keep-empty-images)")
+        log.info("training on the %d of %d images with an annotation", len(annotated), len(records))
+        records = annotated
+    center_sigma = cfg.center_sigma if cfg.center_sigma is not None else spec.center_sigma
+    if not center_sigma > 0:
+        raise ValueError(f"center_sigma must be > 0, got {center_sigma}")
     state, extra = None, {}
     if cfg.resume:  # the checkpoint's model config is authoritative
         state, model_cfg, ckpt_spec, extra = read_checkpoint(cfg.resume)
@@ -274,27 +404,26 @@ def train(cfg: TrainConfig) -> dict:
         model_cfg = get_preset(cfg.preset)
         if cfg.input_size:
             model_cfg = dataclasses.replace(model_cfg, input_size=cfg.input_size)
-    epochs, milestones = lr_milestones(cfg, spec)
-    fractions = time_fractions(cfg, spec)
+    epochs, drops = schedule_plan(cfg, spec)
 
     torch.manual_seed(cfg.seed)
     model = GRMPoseNet(model_cfg, spec.num_keypoints).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    optimizer = build_optimizer(model, cfg)
     use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = make_grad_scaler(use_amp, device)
 
-    start_epoch, start_step, global_step, best_ap = 0, 0, 0, -1.0
+    start_epoch, start_step, global_step, best_ap, elapsed_before = 0, 0, 0, -1.0, 0.0
     if state is not None:
         model.load_state_dict(state)
         if "optimizer" in extra:  # a training checkpoint (a .safetensors file only holds weights)
             optimizer.load_state_dict(extra["optimizer"])
-            scheduler.load_state_dict(extra["scheduler"])
-            if use_amp and extra.get("scaler"):
+            if extra.get("scaler"):  # {} when AMP was off
                 scaler.load_state_dict(extra["scaler"])
             start_epoch, start_step = int(extra["epoch"]), int(extra["step"])
             global_step, best_ap = int(extra["global_step"]), float(extra.get("best_ap", -1.0))
+            elapsed_before = float(extra.get("elapsed_seconds", 0.0))
             set_rng_state(extra["rng"])
+            warn_changed_config(cfg, extra.get("train_config"), cfg.resume)
         log.info("resumed from %s at epoch %d step %d", cfg.resume, start_epoch, start_step)
 
     if info.world > 1:
@@ -307,7 +436,7 @@ def train(cfg: TrainConfig) -> dict:
         ddp = model
 
     dataset = PoseDataset(records, spec, model_cfg.input_size, augment=cfg.augment, seed=cfg.seed)
-    collate_fn = TargetCollate(model_cfg.input_size // OUTPUT_STRIDE)
+    collate_fn = TargetCollate(model_cfg.input_size // OUTPUT_STRIDE, center_sigma)
     runlog = RunLog(out, info.main)
     if info.main:
         resolved = {
@@ -317,15 +446,26 @@ def train(cfg: TrainConfig) -> dict:
             "git": git_revision(),
         }
         resolved["train"]["epochs"] = epochs
-        resolved["train"]["lr_steps"] = milestones
+        resolved["train"]["lr_drop_fractions"] = list(drops)
+        resolved["train"]["center_sigma"] = center_sigma
         (out / "config.json").write_text(json.dumps(resolved, indent=2))
 
+    # The weights that validation and the .safetensors files hold: the moving average when it is on.
+    ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
+    if ema is not None and extra.get("ema"):
+        ema.load_state_dict(extra["ema"])
+    elif ema is not None and "optimizer" in extra:
+        log.warning("%s holds no EMA weights: the average starts from the resumed weights", cfg.resume)
+    shared = ema.model if ema is not None else model
+
     run_meta = {"train_config": json.dumps(cfg.to_dict()), "git": git_revision()}
-    t_start = time.time()
-    images_seen, nonfinite, stop_reason = 0, 0, None
+    t_wall, t_start = time.time(), _clock()
+    elapsed = elapsed_before  # training time over every start of this run (seconds, same on all ranks)
+    images_seen, nonfinite, stop_reason, stop_signal = 0, 0, None, None
     last_val: dict = {}
     train_time = 0.0  # forward/backward/step only
     loop_time = 0.0  # the epochs' loops, data loading included
+    loss_weights = LossWeights(offset=cfg.offset_loss)
 
     def checkpoint(epoch: int, step: int) -> None:
         if not info.main:
@@ -336,128 +476,167 @@ def train(cfg: TrainConfig) -> dict:
             model_cfg,
             spec,
             optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict() if use_amp else {},
+            scaler=scaler.state_dict(),
+            ema=ema.state_dict() if ema is not None else {},
             epoch=epoch,
             step=step,
             global_step=global_step,
             best_ap=best_ap,
+            elapsed_seconds=elapsed,
             rng=rng_state(),
             **run_meta,
         )
 
-    for epoch in range(start_epoch, epochs):
-        dataset.set_epoch(epoch)
-        batches = epoch_order(len(dataset), cfg.seed, epoch, cfg.batch_size, info.rank, info.world)
-        first = start_step if epoch == start_epoch else 0
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=batches[first:],
-            collate_fn=collate_fn,
-            num_workers=cfg.workers,
-            persistent_workers=False,
-            pin_memory=device.type == "cuda",
-        )
-        bar = _progress(
-            loader,
-            total=len(batches),
-            initial=first,
-            desc=f"epoch {epoch + 1}/{epochs}",
-            enabled=cfg.progress and info.main,
-        )
-        ddp.train()
-        step = first
-        t_epoch = time.time()
-        for batch in bar:
-            t0 = time.time()
-            loss_value, parts, finite = _train_step(
-                ddp,
-                optimizer,
-                scaler,
-                batch,
-                device,
-                use_amp,
-                cfg.accumulate,
-                info,
-                LossWeights(offset=cfg.offset_loss),
+    def sync(signals: StopSignals) -> bool:
+        """Update ``elapsed`` and say whether a stop signal arrived, agreed by all ranks (max)."""
+        nonlocal elapsed
+        now, signalled = elapsed_before + (_clock() - t_start), signals.received is not None
+        if info.world > 1:
+            flags = torch.tensor([now, float(signalled)], dtype=torch.float64, device=device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            now, signalled = flags[0].item(), flags[1].item() > 0
+        elapsed = now
+        return signalled
+
+    def budget_reason() -> str | None:
+        if cfg.max_minutes is not None and elapsed >= 60 * cfg.max_minutes:
+            return f"time budget of {cfg.max_minutes} min reached"
+        if cfg.max_steps is not None and global_step >= cfg.max_steps:
+            return f"{cfg.max_steps} steps reached"
+        return None
+
+    def signal_reason(signals: StopSignals) -> tuple[str, str]:
+        if signals.received is None:
+            return "SIGTERM", "stopped by a signal to another process of the run"
+        name = signal.Signals(signals.received).name
+        return name, f"stopped by {name}"
+
+    with StopSignals() as signals:
+        stop_reason = budget_reason()  # a resumed run whose budget is already used up
+        for epoch in range(start_epoch, epochs):
+            if stop_reason:
+                break
+            dataset.set_epoch(epoch)
+            batches = epoch_order(len(dataset), cfg.seed, epoch, cfg.batch_size, info.rank, info.world)
+            first = start_step if epoch == start_epoch else 0
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_sampler=batches[first:],
+                collate_fn=collate_fn,
+                num_workers=cfg.workers,
+                persistent_workers=False,
+                pin_memory=device.type == "cuda",
+                worker_init_fn=_ignore_stop_signals,
             )
-            step += 1
-            train_time += time.time() - t0
-            if not finite:
-                nonfinite += 1
-                log.warning(
-                    "non-finite loss at epoch %d step %d: step skipped (%d in a row)", epoch, step, nonfinite
+            bar = _progress(
+                loader,
+                total=len(batches),
+                initial=first,
+                desc=f"epoch {epoch + 1}/{epochs}",
+                enabled=cfg.progress and info.main,
+            )
+            ddp.train()
+            step = first
+            t_epoch = time.time()
+            for batch in bar:
+                progress = run_progress(
+                    elapsed_s=elapsed, max_minutes=cfg.max_minutes, global_step=global_step,
+                    max_steps=cfg.max_steps, epoch=epoch, batch=step, batches_per_epoch=len(batches),
+                    epochs=epochs,
+                )  # fmt: skip
+                lr = lr_at(
+                    cfg.lr, progress, global_step, schedule=cfg.lr_schedule, drops=drops,
+                    warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
+                )  # fmt: skip
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                t0 = time.time()
+                loss_value, parts, status = _train_step(
+                    ddp, optimizer, scaler, batch, device, use_amp, cfg.accumulate, info, loss_weights
                 )
+                step += 1
+                train_time += time.time() - t0
+                images_seen += batch["image"].shape[0] * info.world
+                signalled = sync(signals)
+                if status == "ok":
+                    nonfinite = 0
+                    global_step += 1
+                    if ema is not None:
+                        ema.update(model)
+                    if info.main and global_step % cfg.log_every == 0:
+                        record = {"kind": "train", "epoch": epoch, "step": global_step, "loss": loss_value,
+                                  "lr": lr, **parts}  # fmt: skip
+                        runlog.write(record, global_step)
+                        if hasattr(bar, "set_postfix"):
+                            bar.set_postfix(loss=f"{loss_value:.4f}")
+                    if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
+                        checkpoint(epoch, step)
+                elif status == "overflow":
+                    log.info(
+                        "fp16 gradient overflow at epoch %d step %d: step skipped, loss scale now %g",
+                        epoch, step, scaler.get_scale(),
+                    )  # fmt: skip
+                else:
+                    nonfinite += 1
+                    log.warning(
+                        "non-finite loss at epoch %d step %d: step skipped (%d in a row)", epoch, step, nonfinite
+                    )
                 if nonfinite >= cfg.max_nonfinite:
                     stop_reason = f"{nonfinite} non-finite losses in a row"
+                elif signalled:
+                    stop_signal, stop_reason = signal_reason(signals)
+                else:
+                    stop_reason = budget_reason()
+                if stop_reason:
                     break
-                continue
-            nonfinite = 0
-            global_step += 1
-            if cfg.max_minutes is not None:  # a time budget drives the schedule: steps at fractions of it
-                elapsed = (time.time() - t_start) / (60 * cfg.max_minutes)
-                drops = sum(elapsed >= f for f in fractions)
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * 0.1**drops
-            images_seen += batch["image"].shape[0] * info.world
-            if info.main and global_step % cfg.log_every == 0:
-                record = {"kind": "train", "epoch": epoch, "step": global_step, "loss": loss_value,
-                          "lr": optimizer.param_groups[0]["lr"], **parts}  # fmt: skip
-                runlog.write(record, global_step)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{loss_value:.4f}")
-            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
-                checkpoint(epoch, step)
-            if cfg.max_minutes is not None and (time.time() - t_start) / 60 >= cfg.max_minutes:
-                stop_reason = f"time budget of {cfg.max_minutes} min reached"
+            loop_time += time.time() - t_epoch
+            if hasattr(bar, "close"):
+                bar.close()
+            if stop_reason and stop_reason.endswith("in a row"):
+                log.error("stopping: %s; the last good checkpoint is kept", stop_reason)
                 break
-            if cfg.max_steps is not None and global_step >= cfg.max_steps:
-                stop_reason = f"{cfg.max_steps} steps reached"
+            epoch_done = step >= len(batches)
+            if info.main:
+                rate = images_seen / max(loop_time, 1e-9)
+                runlog.write({"kind": "epoch", "epoch": epoch, "step": global_step, "images_per_s": rate,
+                              "epoch_seconds": time.time() - t_epoch}, global_step)  # fmt: skip
+            position = (epoch + 1, 0) if epoch_done else (epoch, step)
+            checkpoint(*position)
+            if stop_signal:
                 break
-        loop_time += time.time() - t_epoch
-        if hasattr(bar, "close"):
-            bar.close()
-        if stop_reason and "non-finite" in stop_reason:
-            log.error("stopping: %s; the last good checkpoint is kept", stop_reason)
-            break
-        epoch_done = step >= len(batches)
-        if epoch_done and cfg.max_minutes is None:
-            scheduler.step()
-        if info.main:
-            rate = images_seen / max(loop_time, 1e-9)
-            runlog.write({"kind": "epoch", "epoch": epoch, "step": global_step, "images_per_s": rate,
-                          "epoch_seconds": time.time() - t_epoch}, global_step)  # fmt: skip
-        if epoch_done:
-            checkpoint(epoch + 1, 0)
-        else:
-            checkpoint(epoch, step)
-        want_val = cfg.val_every and (
-            epoch_done and (epoch + 1) % cfg.val_every == 0 or stop_reason or epoch + 1 == epochs
-        )
-        if want_val:
-            last_val = _validate(model, cfg, spec, model_cfg.input_size, device, info, out)
-            if info.main and last_val:
-                runlog.write({"kind": "val", "epoch": epoch, "step": global_step, **last_val}, global_step)
-                ap = last_val.get("AP", -1.0)
-                if ap > best_ap:
-                    best_ap = ap
-                    save_weights(out / "best.safetensors", model, model_cfg, spec)
-        if stop_reason:
-            break
-    if info.main:
-        save_weights(out / "last.safetensors", model, model_cfg, spec)
+            want_val = cfg.val_every and (
+                epoch_done and (epoch + 1) % cfg.val_every == 0 or stop_reason or epoch + 1 == epochs
+            )
+            if want_val:
+                last_val = _validate(shared, cfg, spec, model_cfg.input_size, device, info, out)
+                if info.main and last_val:
+                    runlog.write({"kind": "val", "epoch": epoch, "step": global_step, **last_val}, global_step)
+                    ap = last_val.get("AP", -1.0)
+                    if ap > best_ap:
+                        best_ap = ap
+                        save_weights(out / "best.safetensors", shared, model_cfg, spec)
+                        checkpoint(*position)  # with the new best AP, so a resumed run keeps comparing to it
+                if sync(signals) and not stop_reason:
+                    stop_signal, stop_reason = signal_reason(signals)
+    if info.main and not stop_signal:
+        save_weights(out / "last.safetensors", shared, model_cfg, spec)
     runlog.close()
     summary = {
         "epochs": epochs,
         "steps": global_step,
         "images_per_s": images_seen / max(loop_time, 1e-9),
         "compute_images_per_s": images_seen / max(train_time, 1e-9),
-        "minutes": (time.time() - t_start) / 60,
+        "minutes": (time.time() - t_wall) / 60,
+        "train_minutes_total": elapsed / 60,  # every start of the run (what max_minutes counts)
         "val": last_val,
         "stop_reason": stop_reason or "finished",
         "skipped_images": dataset.skipped,
         "missing_images": missing_images,
     }
+    if stop_signal:
+        summary["signal"] = stop_signal
+        summary["resume"] = str(out / "last.pt")
+        log.warning("%s: resumable checkpoint %s (epoch %d, step %d)", stop_reason, out / "last.pt", *position)
     if dataset.skipped:
         log.warning("skipped %d unreadable training sample(s) (see the warnings above)", dataset.skipped)
     if info.main:
@@ -465,6 +644,26 @@ def train(cfg: TrainConfig) -> dict:
     if info.world > 1:
         dist.barrier()
     return summary
+
+
+def warn_changed_config(cfg: TrainConfig, stored: str | None, path: str) -> None:
+    """Log the settings a resumed run changes (a different budget or schedule changes the lr curve)."""
+    if not stored:
+        return
+    harmless = {"resume", "progress", "workers", "device", "log_every", "checkpoint_every", "data", "out"}
+    before, now = json.loads(stored), cfg.to_dict()
+    changed = [
+        f"{k}: {before[k]!r} -> {now[k]!r}"
+        for k in now
+        if k in before and k not in harmless and json.dumps(before[k]) != json.dumps(now[k])
+    ]
+    if changed:
+        log.warning("resuming %s with changed settings: %s", path, "; ".join(changed))
+
+
+def _clock() -> float:
+    """Seconds on a monotonic clock: the time budget and the schedule's progress (tests patch it)."""
+    return time.monotonic()
 
 
 def _progress(iterable, total: int, initial: int, desc: str, enabled: bool):

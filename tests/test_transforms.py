@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ from grmpose.data.transforms import (
     sample_augment,
     transform_keypoints,
 )
+from grmpose.inference import prepare_image
 from grmpose.spec import COCO, CROWDPOSE
 
 
@@ -27,7 +30,7 @@ def _map(M: np.ndarray, x: float, y: float) -> np.ndarray:
 def test_eval_affine_fits_longer_side_and_centres():
     for w, h in [(640, 425), (300, 900), (512, 512)]:
         M = eval_affine(w, h, 256)
-        np.testing.assert_allclose(M, affine_matrix(AugmentParams(), w, h, 256))
+        np.testing.assert_allclose(M, affine_matrix(AugmentParams(scale=max(w, h) / min(w, h)), w, h, 256))
         np.testing.assert_allclose(_map(M, (w - 1) / 2, (h - 1) / 2), [127.5, 127.5])
         s = 256 / max(w, h)
         np.testing.assert_allclose(M[:, :2], s * np.eye(2))
@@ -39,14 +42,75 @@ def test_eval_affine_fits_longer_side_and_centres():
 
 
 def test_matrix_components():
-    p = AugmentParams(rotation=90.0, scale=2.0, translate=(5.0, -3.0), flip=False)
+    p = AugmentParams(rotation=90.0, scale=0.5, translate=(10.0, -6.0), flip=False)
     M = affine_matrix(p, 100, 100, 100)
     c = 49.5
-    # scale 2 about the centre, then 90 degrees counter-clockwise on screen (y down): +x -> -y
+    # box of 0.5 x short side: zoom 2 about the centre; translate in units of 100 / 200 = 0.5 px;
+    # then 90 degrees counter-clockwise on screen (y down): +x -> -y
     np.testing.assert_allclose(_map(M, c + 1, c), [c + 5, c - 3 - 2], atol=1e-9)
     np.testing.assert_allclose(_map(M, c, c), [c + 5, c - 3], atol=1e-9)
     flipped = affine_matrix(AugmentParams(flip=True), 100, 60, 100)
-    np.testing.assert_allclose(_map(flipped, 0, 29.5), _map(eval_affine(100, 60, 100), 99, 29.5))
+    np.testing.assert_allclose(
+        _map(flipped, 0, 29.5), _map(affine_matrix(AugmentParams(), 100, 60, 100), 99, 29.5)
+    )
+    with pytest.raises(ValueError, match="scale"):
+        affine_matrix(AugmentParams(scale=0.0), 100, 60, 100)
+
+
+def dekr_linear(input_size, width, height, aug_scale, aug_rot):
+    """DEKR's ``RandomAffineTransform`` (SCALE_TYPE short) restated: the linear part of
+    ``_get_affine_matrix(center, scale, (res, res), rot)`` with ``scale = min(h, w) / 200 * aug``:
+    ``res / (200 * scale)`` times the rotation by ``-rot`` (``[[cos, -sin], [sin, cos]]`` of -rot)."""
+    scale = min(height, width) / 200 * aug_scale
+    zoom = input_size / (200 * scale)
+    r = math.radians(-aug_rot)
+    rot = np.array([[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]])
+    return rot * zoom
+
+
+@pytest.mark.parametrize(("w", "h"), [(640, 480), (480, 640), (500, 333)])
+@pytest.mark.parametrize(("aug_scale", "aug_rot"), [(1.0, 0.0), (0.75, 17.0), (1.5, -30.0)])
+def test_scale_and_rotation_follow_dekr(w, h, aug_scale, aug_rot):
+    M = affine_matrix(AugmentParams(rotation=aug_rot, scale=aug_scale), w, h, 512)
+    np.testing.assert_allclose(M[:, :2], dekr_linear(512, w, h, aug_scale, aug_rot), atol=1e-12)
+    # the image centre lands on the crop centre without translation
+    np.testing.assert_allclose(_map(M, (w - 1) / 2, (h - 1) / 2), [255.5, 255.5], atol=1e-9)
+
+
+def test_translation_in_dekr_units():
+    """DEKR shifts by up to ``max_translate * scale`` image pixels, i.e. ``max_translate * input / 200``
+    crop pixels whatever the zoom: 40 -> 102.4 px at 512."""
+    for scale in (0.75, 1.0, 1.5):
+        M = affine_matrix(AugmentParams(scale=scale, translate=(40.0, -40.0)), 640, 480, 512)
+        np.testing.assert_allclose(_map(M, 319.5, 239.5), [255.5 + 102.4, 255.5 - 102.4], atol=1e-9)
+
+
+@pytest.mark.parametrize(("w", "h"), [(640, 480), (480, 640), (640, 427)])
+def test_scale_one_has_the_test_time_size(w, h):
+    """At scale 1 a person is as large in the training crop as in the test-time input, which
+    resizes the short side to the input size (grmpose.inference.prepare_image)."""
+    size = 512
+    head, foot = np.array([300.0, 100.0]), np.array([330.0, 400.0])
+    train = affine_matrix(AugmentParams(scale=1.0, rotation=25.0, flip=True), w, h, size)
+    _, test = prepare_image(np.zeros((h, w, 3), np.uint8), size)
+    height_train = np.linalg.norm(_map(train, *foot) - _map(train, *head))
+    height_test = np.linalg.norm(_map(test, *foot) - _map(test, *head))
+    expected = np.linalg.norm(foot - head) * size / min(w, h)  # short side -> input size
+    np.testing.assert_allclose([height_train, height_test], [expected, expected], rtol=1e-3)
+
+
+def test_sampled_zoom_is_spread_around_test_size():
+    """Training zoom relative to test time is 1 / scale: 0.67-1.33 for DEKR's 0.75-1.5, for any
+    aspect ratio (the old long-side convention gave 0.56-1.125 on 4:3 images)."""
+    rng = np.random.default_rng(5)
+    for w, h in [(640, 480), (480, 640)]:
+        zoom = []
+        for _ in range(500):
+            M = affine_matrix(sample_augment(rng), w, h, 512)
+            zoom.append(np.sqrt(abs(np.linalg.det(M[:, :2]))) / (512 / min(w, h)))
+        zoom = np.array(zoom)
+        assert zoom.min() >= 1 / 1.5 - 1e-9 and zoom.max() <= 1 / 0.75 + 1e-9
+        assert zoom.min() < 0.7 and zoom.max() > 1.3 and 0.3 < (zoom > 1).mean() < 0.5
 
 
 def test_invert_affine():

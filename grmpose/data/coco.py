@@ -9,7 +9,8 @@ turns one COCO-format keypoint JSON into a list of :class:`ImageRecord`. Per ima
 * ``ignore`` holds the regions the losses must not penalise: every ``iscrowd == 1`` region (even
   when some of its keypoints are labelled, as in CrowdPose) and every person without a single
   labelled keypoint. A region is its polygons, its RLE, or its box when it has no segmentation.
-* Images without annotations are kept: they are negatives.
+* Images without annotations are kept in the records; training drops them by default, as DEKR
+  does (:func:`annotated_images`).
 * A labelled keypoint with a negative coordinate (below -0.5, i.e. outside the image) is treated
   as unlabelled (``v = 0``), with one warning per file giving the count. NaN or infinite numbers
   are errors.
@@ -26,9 +27,18 @@ Dataset description files (YAML), read by :func:`resolve_dataset`::
       annotations: val.json
       images: images/val
 
+    # a split may join several files (their image ids must differ), e.g. CrowdPose train + val:
+    # train:
+    #   - {annotations: json/crowdpose_train.json, images: images}
+    #   - {annotations: json/crowdpose_val.json, images: images}
+    min_person_area: 0      # optional: overrides the spec's min_person_area (image pixels^2)
+
 A single-split file may instead give ``annotations:`` and ``images:`` at the top level; they are
 then used for every split asked for. A folder holding a ``dataset.yaml`` can be passed in place of
-the file itself.
+the file itself. A CrowdPose root's ``train`` split is train + val (:func:`crowdpose_parts`).
+
+Training uses every file of a split (:func:`load_split`); evaluation scores against one
+ground-truth file (:func:`resolve_dataset`).
 
 Coordinates follow the grmpose convention (``grmpose.spec``): x before y, integer coordinates are
 pixel centres. Polygons and boxes are rasterised with PIL, RLE masks are decoded here.
@@ -36,6 +46,7 @@ pixel centres. Polygons and boxes are rasterised with PIL, RLE masks are decoded
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -574,6 +585,33 @@ def crowdpose_layout(root: str | Path, split: str) -> tuple[Path, Path]:
     return ann, images
 
 
+def crowdpose_parts(root: str | Path, split: str) -> list[tuple[Path, Path]]:
+    """The ``(ann_file, image_dir)`` pairs of a CrowdPose root's split.
+
+    ``train`` (and ``trainval``) is train + val, as DEKR and the paper train: the
+    ``crowdpose_trainval.json`` file when there is one, else ``crowdpose_train.json`` and
+    ``crowdpose_val.json`` together (``crowdpose_train.json`` alone, with a warning, when there is
+    no val file). Any other split is its own ``crowdpose_{split}.json``.
+    """
+    if split not in ("train", "trainval"):
+        return [crowdpose_layout(root, split)]
+    try:
+        return [crowdpose_layout(root, "trainval")]
+    except DataError:
+        pass
+    train = crowdpose_layout(root, "train")
+    try:
+        return [train, crowdpose_layout(root, "val")]
+    except DataError:
+        logger.warning(
+            "%s: no crowdpose_val.json or crowdpose_trainval.json: training on %s alone, not the paper's "
+            "train + val",
+            root,
+            train[0],
+        )
+        return [train]
+
+
 def _spec_from_yaml_value(value: Any, base: Path, source: Path) -> KeypointSpec:
     if isinstance(value, dict):
         try:
@@ -589,7 +627,27 @@ def _spec_from_yaml_value(value: Any, base: Path, source: Path) -> KeypointSpec:
     raise DataError(f"{source}: field 'spec' must be a spec name, a spec file or a mapping")
 
 
-def _resolve_yaml(path: Path, split: str) -> tuple[Path, Path, KeypointSpec]:
+#: Top-level keys of a dataset.yaml that are not split names.
+_RESERVED_KEYS = ("spec", "annotations", "images", "name", "min_person_area")
+
+
+def _yaml_part(entry: Any, base: Path, where: str) -> tuple[Path, Path]:
+    """One ``{annotations, images}`` mapping of a dataset.yaml split, checked on disk."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: expected a mapping with 'annotations' and 'images', got {entry!r}")
+    ann = _require(entry, "annotations", where)
+    images = _require(entry, "images", where)
+    if not isinstance(ann, str) or not isinstance(images, str):
+        raise DataError(f"{where}: 'annotations' and 'images' must be paths")
+    ann_file, image_dir = base / ann, base / images
+    if not ann_file.is_file():
+        raise DataError(f"{where}: annotation file not found: {ann_file}")
+    if not image_dir.is_dir():
+        raise DataError(f"{where}: image folder not found: {image_dir}")
+    return ann_file, image_dir
+
+
+def _resolve_yaml(path: Path, split: str) -> tuple[list[tuple[Path, Path]], KeypointSpec]:
     try:
         desc = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError) as err:
@@ -600,38 +658,41 @@ def _resolve_yaml(path: Path, split: str) -> tuple[Path, Path, KeypointSpec]:
         raise DataError(f"{path}: expected a mapping with 'spec' and per-split entries")
     base = path.parent
     spec = _spec_from_yaml_value(_require(desc, "spec", str(path)), base, path)
-    if split in desc:
+    if "min_person_area" in desc:
+        area = desc["min_person_area"]
+        if isinstance(area, bool) or not isinstance(area, (int, float)) or not 0 <= area < math.inf:
+            raise DataError(
+                f"{path}: field 'min_person_area' must be a number >= 0 (image pixels^2), got {area!r}"
+            )
+        spec = dataclasses.replace(spec, min_person_area=float(area))
+    if split in desc and split not in _RESERVED_KEYS:
         entry = desc[split]
         where = f"{path}: split {split!r}"
     elif "annotations" in desc:
         entry = desc
         where = str(path)
     else:
-        reserved = {"spec", "annotations", "images", "name"}
-        splits = [k for k, v in desc.items() if k not in reserved and isinstance(v, dict)]
+        splits = [k for k, v in desc.items() if k not in _RESERVED_KEYS and isinstance(v, (dict, list))]
         raise DataError(f"{path}: no split {split!r} (available: {', '.join(splits) or 'none'})")
-    ann = _require(entry, "annotations", where)
-    images = _require(entry, "images", where)
-    if not isinstance(ann, str) or not isinstance(images, str):
-        raise DataError(f"{where}: 'annotations' and 'images' must be paths")
-    ann_file, image_dir = base / ann, base / images
-    if not ann_file.is_file():
-        raise DataError(f"{where}: annotation file not found: {ann_file}")
-    if not image_dir.is_dir():
-        raise DataError(f"{where}: image folder not found: {image_dir}")
-    return ann_file, image_dir, spec
+    if isinstance(entry, list):
+        if not entry:
+            raise DataError(f"{where}: empty list (give one or more {{annotations, images}} entries)")
+        return [_yaml_part(e, base, f"{where} entry {i + 1}") for i, e in enumerate(entry)], spec
+    return [_yaml_part(entry, base, where)], spec
 
 
-def resolve_dataset(data: str | Path, split: str) -> tuple[Path, Path, KeypointSpec]:
-    """Find the annotation file, image folder and keypoint spec of one split of a dataset.
+def resolve_dataset_parts(data: str | Path, split: str) -> tuple[list[tuple[Path, Path]], KeypointSpec]:
+    """Find the annotation files, image folders and keypoint spec of one split of a dataset.
 
     Args:
         data: a dataset description YAML (schema in the module docstring), a folder holding
-            ``dataset.yaml``, a COCO root (COCO spec) or a CrowdPose root (CrowdPose spec).
+            ``dataset.yaml``, a COCO root (COCO spec) or a CrowdPose root (CrowdPose spec; its
+            ``train`` split is train + val, see :func:`crowdpose_parts`).
         split: split name, e.g. ``train`` or ``val``.
 
     Returns:
-        ``(ann_file, image_dir, spec)``.
+        ``([(ann_file, image_dir), ...], spec)``: one pair, or several for a split that joins
+        several files (a YAML list, CrowdPose train + val).
     """
     path = Path(data)
     if path.is_file():
@@ -644,13 +705,66 @@ def resolve_dataset(data: str | Path, split: str) -> tuple[Path, Path, KeypointS
         if (path / name).is_file():
             return _resolve_yaml(path / name, split)
     errors = []
-    for layout, spec in ((coco_layout, COCO), (crowdpose_layout, CROWDPOSE)):
-        try:
-            ann, images = layout(path, split)
-            return ann, images, spec
-        except DataError as err:
-            errors.append(str(err))
+    try:
+        return [coco_layout(path, split)], COCO
+    except DataError as err:
+        errors.append(str(err))
+    try:
+        return crowdpose_parts(path, split), CROWDPOSE
+    except DataError as err:
+        errors.append(str(err))
     raise DataError(
         f"{path}: not a recognised dataset folder (no dataset.yaml, COCO or CrowdPose layout):\n  "
         + "\n  ".join(errors)
     )
+
+
+def resolve_dataset(data: str | Path, split: str) -> tuple[Path, Path, KeypointSpec]:
+    """The one annotation file, image folder and keypoint spec of a split (for evaluation, which
+    scores against one ground-truth file); :func:`resolve_dataset_parts` for splits of several files.
+
+    Returns:
+        ``(ann_file, image_dir, spec)``.
+
+    Raises:
+        DataError: when the split joins several annotation files.
+    """
+    parts, spec = resolve_dataset_parts(data, split)
+    if len(parts) > 1:
+        files = ", ".join(str(a) for a, _ in parts)
+        raise DataError(
+            f"{data}: split {split!r} joins {len(parts)} annotation files ({files}); this needs one file "
+            "(merge them into one JSON, or name one split per file in a dataset.yaml)"
+        )
+    ann_file, image_dir = parts[0]
+    return ann_file, image_dir, spec
+
+
+def load_split(data: str | Path, split: str) -> tuple[list[ImageRecord], KeypointSpec]:
+    """The records of every annotation file of a split (:func:`resolve_dataset_parts`), in order.
+
+    Raises:
+        DataError: naming both files when two files of the split list the same image id.
+    """
+    parts, spec = resolve_dataset_parts(data, split)
+    records: list[ImageRecord] = []
+    seen: dict[int, Path] = {}
+    for ann_file, image_dir in parts:
+        for rec in load_coco_keypoints(ann_file, image_dir, spec):
+            if rec.image_id in seen:
+                raise DataError(
+                    f"{ann_file}: image id {rec.image_id} is also in {seen[rec.image_id]}; "
+                    f"the files of split {split!r} must not share images"
+                )
+            seen[rec.image_id] = ann_file
+            records.append(rec)
+    return records, spec
+
+
+def annotated_images(records: list[ImageRecord]) -> list[ImageRecord]:
+    """The records with at least one annotation (a person, a crowd region or an unlabelled person).
+
+    DEKR trains only on these (``COCOKeypoints.py``: images with ``getAnnIds(...) > 0``); about
+    half of COCO train2017 has no person.
+    """
+    return [r for r in records if r.num_people > 0 or r.ignore]

@@ -2,6 +2,13 @@
 
 A sample is a square ``S x S`` crop (``S = input_size``) with its keypoints in crop pixels and a
 ``S/4 x S/4`` loss mask (output stride 4; map cell ``j`` is centred on crop pixel ``4 j``).
+
+Person centres and sizes are measured on the whole image *before* the crop, as DEKR does
+(``COCOKeypoints.py`` ``get_joints``), and then carried through the crop's matrix: a centre is the
+mean of all the person's labelled joints, also of those the crop cuts off; a size is the diagonal
+of the box holding the labelled joints and the annotation box, scaled by the crop's zoom (DEKR's
+``area * final_scale``). People whose annotated ``area`` is below the spec's ``min_person_area``
+(COCO: 32², DEKR's rule) get no centre, so no centre heatmap and no offsets.
 Randomness comes from ``numpy.random.default_rng([seed, epoch, index])``, so a sample depends only
 on those three numbers, whatever the worker or the order in which samples are drawn.
 """
@@ -20,11 +27,14 @@ from grmpose.data.transforms import (
     AugmentRanges,
     affine_matrix,
     apply_affine_image,
+    apply_affine_points,
+    eval_affine,
     sample_augment,
     scale_affine,
     transform_keypoints,
 )
 from grmpose.spec import KeypointSpec
+from grmpose.targets import person_centers, person_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +71,18 @@ class PoseDataset(torch.utils.data.Dataset):
         records: images and annotations (``load_coco_keypoints``).
         spec: keypoint spec (flip pairs).
         input_size: side S of the square crop; a multiple of ``OUTPUT_STRIDE``.
-        augment: random rotation/scale/translation/flip (``ranges``); otherwise ``eval_affine``.
+        augment: random rotation/scale/translation/flip (``ranges``); otherwise ``eval_affine``
+            (the whole image, long side fitted to the crop).
         seed: base seed; per-sample randomness is drawn from ``(seed, epoch, index)``.
         ranges: augmentation ranges (the paper's by default).
 
     Each item is a dict:
         ``image``: float32 3 x S x S, normalised with ``MEAN``/``STD``;
-        ``keypoints``: float32 N x K x 3 in crop pixels (people with >= 1 labelled keypoint in
-        the crop; ``v = 0`` for unlabelled or cropped-out joints);
+        ``keypoints``: float32 N x K x 3 in crop pixels (people with a labelled keypoint or their
+        centre in the crop; ``v = 0`` for unlabelled or cropped-out joints);
+        ``centers``: float32 N x 3 ``(x, y, v)`` person centres in crop pixels (see the module
+        docstring; ``v = 0``: no centre, or outside the crop);
+        ``sizes``: float32 N person sizes ``sqrt(w^2 + h^2)`` in crop pixels;
         ``mask``: float32 S/4 x S/4, 1 = use, 0 = ignore (crowds, unlabelled people); the
         padding outside the image counts as "use" (it holds no person);
         ``matrix``: float32 2 x 3 image-to-crop matrix;
@@ -144,11 +158,17 @@ class PoseDataset(torch.utils.data.Dataset):
             )
         size = self.input_size
         p = self.params(index)
-        M = affine_matrix(p, w, h, size)
+        M = affine_matrix(p, w, h, size) if self.augment else eval_affine(w, h, size)
 
         crop = apply_affine_image(img, M, size, "bilinear")
         kpts = transform_keypoints(rec.keypoints, M, size, p.flip, self.spec.flip_index)
-        kpts = kpts[(kpts[:, :, 2] > 0).any(axis=1)] if len(kpts) else kpts
+        # centres and sizes from the whole image, before the crop (DEKR)
+        centers = person_centers(rec.keypoints)
+        centers[rec.areas < self.spec.min_person_area, 2] = 0.0
+        centers = apply_affine_points(centers[:, None, :], M, size)[:, 0]
+        sizes = person_sizes(rec.keypoints, rec.boxes) * np.sqrt(abs(np.linalg.det(M[:, :2])))
+        keep = (kpts[:, :, 2] > 0).any(axis=1) | (centers[:, 2] > 0)
+        kpts, centers, sizes = kpts[keep], centers[keep], sizes[keep]
 
         map_size = size // OUTPUT_STRIDE
         if rec.ignore:
@@ -161,6 +181,8 @@ class PoseDataset(torch.utils.data.Dataset):
         return {
             "image": normalize_image(crop),
             "keypoints": torch.from_numpy(np.ascontiguousarray(kpts, dtype=np.float32)),
+            "centers": torch.from_numpy(np.ascontiguousarray(centers, dtype=np.float32)),
+            "sizes": torch.from_numpy(np.ascontiguousarray(sizes, dtype=np.float32)),
             "mask": torch.from_numpy(mask),
             "matrix": torch.from_numpy(M.astype(np.float32)),
             "image_id": rec.image_id,
@@ -169,11 +191,14 @@ class PoseDataset(torch.utils.data.Dataset):
 
 def collate(batch: list[dict]) -> dict:
     """Stack a list of samples: ``image`` B x 3 x S x S, ``mask`` B x S/4 x S/4, ``matrix`` B x 2 x 3,
-    ``image_id`` int64 B; ``keypoints`` stays a list of B tensors (N_b x K x 3)."""
+    ``image_id`` int64 B; ``keypoints``, ``centers`` and ``sizes`` stay lists of B tensors
+    (N_b x K x 3, N_b x 3, N_b)."""
     return {
         "image": torch.stack([b["image"] for b in batch]),
         "mask": torch.stack([b["mask"] for b in batch]),
         "matrix": torch.stack([b["matrix"] for b in batch]),
         "image_id": torch.tensor([b["image_id"] for b in batch], dtype=torch.int64),
         "keypoints": [b["keypoints"] for b in batch],
+        "centers": [b["centers"] for b in batch],
+        "sizes": [b["sizes"] for b in batch],
     }

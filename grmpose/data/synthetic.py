@@ -131,6 +131,8 @@ def update_dataset_yaml(out_dir: str | Path, spec: KeypointSpec, splits: Iterabl
         if old_spec != spec:
             raise ValueError(f"{path} describes keypoint spec {old_spec.name!r}, not {spec.name!r}")
     desc["spec"] = value
+    if spec.min_person_area > 0:  # every synthetic person has labelled joints, however small
+        desc["min_person_area"] = 0
     for split in splits:
         desc[split] = {"annotations": f"{split}.json", "images": split}
     path.write_text(yaml.safe_dump(desc, sort_keys=False))

@@ -6,8 +6,17 @@ warps the image (bilinear), the ignore mask (nearest) and the keypoints, so they
 A horizontal flip is part of the matrix; it also swaps left/right keypoint indices
 (``spec.flip_index``), which :func:`flip_keypoint_order` does.
 
-Scale convention (as DEKR / HigherHRNet): at ``scale == 1`` the image's longer side fills the
-square crop, and the image centre lands on the crop centre; ``scale > 1`` zooms in.
+Scale and translation follow DEKR / HigherHRNet (``lib/dataset/transforms/transforms.py``,
+``RandomAffineTransform`` with ``SCALE_TYPE: short``): the crop shows a square box of side
+``scale x short side`` around the image centre, so ``scale > 1`` zooms *out*, and at ``scale == 1``
+people have exactly the size they have at test time, where ``grmpose.inference.prepare_image``
+resizes the short side to the input size. DEKR draws the scale from 0.75-1.5, so the training
+zoom relative to test is spread around 1 (1/1.5 .. 1/0.75). The translation is in DEKR's unit of
+``input_size / 200`` crop pixels (its ``max_translate * scale`` image pixels): ±40 is ±102.4 crop
+pixels at 512. (DEKR shifts the box centre along the image axes, we shift along the crop axes: the
+same magnitudes, the square of shifts turned by the rotation.)
+
+With augmentation off, :func:`eval_affine` shows the whole image (the box is the long side).
 """
 
 from __future__ import annotations
@@ -25,8 +34,10 @@ class AugmentRanges:
 
     Attributes:
         max_rotation: rotation drawn uniformly from ``[-max_rotation, max_rotation]`` degrees.
-        min_scale, max_scale: zoom drawn uniformly from ``[min_scale, max_scale]``.
-        max_translate: shift in crop pixels, each axis uniform in ``[-max_translate, max_translate]``.
+        min_scale, max_scale: crop box side, as a multiple of the image's short side, drawn
+            uniformly from ``[min_scale, max_scale]`` (> 1 zooms out; DEKR: 0.75-1.5).
+        max_translate: shift of each axis, uniform in ``[-max_translate, max_translate]``, in
+            units of ``input_size / 200`` crop pixels (DEKR: 40, i.e. ±102.4 px at 512).
         flip_prob: probability of a horizontal flip.
     """
 
@@ -43,8 +54,10 @@ class AugmentParams:
 
     Attributes:
         rotation: degrees, counter-clockwise as seen on screen (y points down).
-        scale: zoom relative to fitting the image's longer side into the crop.
-        translate: ``(tx, ty)`` shift of the image centre from the crop centre, crop pixels.
+        scale: side of the square box the crop shows, as a multiple of the image's short side
+            (1: people at their test-time size; > 1 zooms out).
+        translate: ``(tx, ty)`` shift of the image centre from the crop centre, in units of
+            ``input_size / 200`` crop pixels.
         flip: mirror horizontally (before rotating).
     """
 
@@ -66,28 +79,36 @@ def sample_augment(rng: np.random.Generator, ranges: AugmentRanges = AugmentRang
 def affine_matrix(params: AugmentParams, image_w: int, image_h: int, input_size: int) -> np.ndarray:
     """2 x 3 float64 matrix mapping image coordinates to ``input_size`` crop coordinates.
 
-    ``M = T(crop centre + translate) . R(rotation) . S(s) . F . T(-image centre)`` with
-    ``s = scale * input_size / max(w, h)`` and ``F`` mirroring x when ``params.flip``.
+    ``M = T(crop centre + translate * input_size / 200) . R(rotation) . S(s) . F . T(-image centre)``
+    with ``s = input_size / (scale * min(w, h))`` and ``F`` mirroring x when ``params.flip``.
     Centres are ``(w - 1) / 2`` etc. (pixel centres).
     """
+    if not params.scale > 0:
+        raise ValueError(f"augmentation scale must be > 0, got {params.scale}")
     cx, cy = (image_w - 1) / 2.0, (image_h - 1) / 2.0
     c_out = (input_size - 1) / 2.0
-    s = params.scale * input_size / max(image_w, image_h)
+    s = input_size / (params.scale * min(image_w, image_h))
+    unit = input_size / 200.0
     theta = math.radians(params.rotation)
     cos, sin = math.cos(theta), math.sin(theta)
     # y points down, so a counter-clockwise rotation on screen is [[cos, sin], [-sin, cos]]
     linear = s * np.array([[cos, sin], [-sin, cos]])
     if params.flip:
         linear = linear @ np.diag([-1.0, 1.0])
-    offset = np.array([c_out + params.translate[0], c_out + params.translate[1]]) - linear @ np.array(
-        [cx, cy]
-    )
+    shift = np.array([c_out + unit * params.translate[0], c_out + unit * params.translate[1]])
+    offset = shift - linear @ np.array([cx, cy])
     return np.concatenate([linear, offset[:, None]], axis=1)
 
 
 def eval_affine(image_w: int, image_h: int, input_size: int) -> np.ndarray:
-    """The deterministic test-time matrix: longer side scaled to ``input_size``, centred, no flip."""
-    return affine_matrix(AugmentParams(), image_w, image_h, input_size)
+    """The deterministic view used with augmentation off: the whole image, its longer side scaled
+    to ``input_size``, centred, no flip (a box of ``long / short`` times the short side).
+
+    Test-time inference does not use it: ``grmpose.inference.prepare_image`` resizes the short side
+    to ``input_size`` (what ``AugmentParams(scale=1)`` matches).
+    """
+    scale = max(image_w, image_h) / min(image_w, image_h)
+    return affine_matrix(AugmentParams(scale=scale), image_w, image_h, input_size)
 
 
 def invert_affine(M: np.ndarray) -> np.ndarray:
