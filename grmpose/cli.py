@@ -41,19 +41,40 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
+    from grmpose.api import ONNX_OPSET, write_sidecar
     from grmpose.checkpoint import load_model
     from grmpose.config import get_preset
-    from grmpose.export import export_onnx
+    from grmpose.export import export_int8, export_onnx
     from grmpose.model.net import build_model
+    from grmpose.spec import get_spec
 
+    if args.int8 and not args.calibration:
+        raise UserError("--int8 needs --calibration IMAGES (a folder or a quoted glob of images)")
+    if args.calibration and not args.int8:
+        raise UserError("--calibration is only used with --int8")
     if args.checkpoint:
-        model, config, _ = load_model(args.checkpoint)
+        model, config, spec = load_model(args.checkpoint)
     elif args.preset:
-        config = get_preset(args.preset)
-        model = build_model(config, args.spec)
+        config, spec = get_preset(args.preset), get_spec(args.spec)
+        model = build_model(config, spec)
     else:
         raise UserError("give a PRESET or --checkpoint")
-    path = export_onnx(model, args.output, input_size=args.input_size or config.input_size, opset=args.opset)
+    size = args.input_size or config.input_size
+    if args.int8:
+        from grmpose.export import calibration_images
+
+        images = calibration_images(args.calibration, args.calibration_images)
+        report = export_int8(
+            model, args.output, images, size, opset=args.opset, keep_ops=tuple(args.keep_fp32),
+            reduce_range=not args.full_range,
+        )  # fmt: skip
+        write_sidecar(args.output, config, spec, opset=args.opset, precision="int8")
+        print(f"wrote {report.path} (int8 QDQ, per-channel weights, {report.calibration_images} calibration images)")
+        print("int8 nodes: " + ", ".join(f"{op} {n}" for op, n in report.quantized_ops.items()))
+        print("float32 compute nodes: " + ", ".join(f"{op} {n}" for op, n in report.kept_fp32_ops.items()))
+        return 0
+    path = export_onnx(model, args.output, input_size=size, opset=args.opset)
+    write_sidecar(path, config, spec, opset=args.opset or ONNX_OPSET)
     print(f"wrote {path} (dynamic batch, height and width; multiples of 32)")
     return 0
 
@@ -250,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output .onnx file")
     p.add_argument("--input-size", type=int, default=None, help="example input size used for tracing")
     p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--int8", action="store_true", help="static int8 quantisation (ONNX Runtime, QDQ)")
+    p.add_argument("--calibration", help="--int8 calibration images: a folder or a quoted glob")
+    p.add_argument("--calibration-images", type=int, default=64, help="use the first N (default 64)")
+    p.add_argument(
+        "--keep-fp32", nargs="*", default=["GridSample"], metavar="OP",
+        help="ONNX op types left in float32 with their input paths (default: GridSample)",
+    )  # fmt: skip
+    p.add_argument("--full-range", action="store_true", help="8-bit weights (default 7-bit: no VNNI overflow)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("synth", help="generate a synthetic crowd dataset (COCO format + dataset.yaml)")

@@ -156,3 +156,15 @@ def test_every_benchmark_module_that_writes_json_is_covered():
         if ".json" in p.read_text() and "RESULTS" in p.read_text() and p.stem != "provenance"
     }
     assert writers == set(WRITERS)
+
+
+def test_committed_results_record_their_revision_and_command():
+    """Every results JSON in benchmarks/results/ says which revision and command made it."""
+    files = sorted((REPO / "benchmarks" / "results").glob("*.json"))
+    assert files
+    for path in files:
+        record = json.loads(path.read_text()).get("provenance")
+        assert record is not None, f"{path.name} has no provenance"
+        base = record["git"].removesuffix("-dirty")
+        assert len(base) == 40 and all(c in "0123456789abcdef" for c in base), (path.name, record["git"])
+        assert record["command"].startswith("python -m benchmarks."), (path.name, record["command"])
