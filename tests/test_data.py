@@ -20,12 +20,15 @@ from grmpose.data.coco import (
     DataError,
     IgnoreRegion,
     ImageRecord,
+    annotated_images,
     coco_layout,
     crowdpose_layout,
     ignore_mask,
     load_coco_keypoints,
     load_image,
+    load_split,
     resolve_dataset,
+    resolve_dataset_parts,
     rle_decode,
 )
 from grmpose.data.dataset import (
@@ -37,8 +40,9 @@ from grmpose.data.dataset import (
     denormalize_image,
     normalize_image,
 )
-from grmpose.data.transforms import invert_affine
+from grmpose.data.transforms import AugmentParams, invert_affine
 from grmpose.spec import COCO, CROWDPOSE, KeypointSpec
+from grmpose.train import TargetCollate, TrainConfig
 
 DATA = Path(__file__).parent / "data"
 COCO_JSON = DATA / "coco" / "person_keypoints.json"
@@ -532,3 +536,179 @@ def test_normalize_round_trip():
         t[:, 0, 0].numpy(), (img[0, 0] / 255.0 - np.array(MEAN)) / np.array(STD), rtol=1e-5
     )
     np.testing.assert_array_equal(denormalize_image(t), img)
+
+
+# ------------------------------------------------------------- DEKR's training rules (issue 9)
+
+
+def _one_image_dataset(tmp_path: Path, people: list[dict], size=(200, 160), spec=COCO) -> list[ImageRecord]:
+    """A w x h grey PNG and a COCO JSON with the given annotations (keypoints as (x, y, v) rows)."""
+    w, h = size
+    Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(tmp_path / "img.png")
+    anns = []
+    for i, p in enumerate(people):
+        kp = np.zeros((spec.num_keypoints, 3))
+        kp[: len(p["joints"])] = p["joints"]
+        anns.append({"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "keypoints": kp.ravel().tolist(),
+                     "bbox": p["bbox"], "area": p["area"], "num_keypoints": int((kp[:, 2] > 0).sum())})  # fmt: skip
+    data = {"images": [{"id": 1, "file_name": "img.png", "width": w, "height": h}], "annotations": anns}
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    return load_coco_keypoints(tmp_path / "gt.json", tmp_path, spec)
+
+
+class _FixedAugment(PoseDataset):
+    """A dataset whose every sample uses the given augmentation."""
+
+    def __init__(self, *args, fixed: AugmentParams, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fixed = fixed
+
+    def params(self, index: int) -> AugmentParams:
+        return self.fixed
+
+
+def test_offset_weight_equals_dekr_area_times_final_scale(tmp_path):
+    """DEKR restated: ``area = w*w + h*h`` of the person's joints in image pixels
+    (``cal_area_2_torch``), ``area * final_scale`` with ``final_scale = (input / (200 * scale))^2``
+    and ``scale = short / 200 * aug_scale`` (``RandomAffineTransform``), weight ``1 / sqrt(area)``.
+    DEKR's code measures from the image origin, so the person's joints start at (0, 0) here, where
+    its code and its paper agree."""
+    joints = [(0.0, 0.0, 2), (60.0, 10.0, 2), (30.0, 90.0, 2), (45.0, 120.0, 1)]
+    recs = _one_image_dataset(tmp_path, [{"joints": joints, "bbox": [0, 0, 60, 120], "area": 5000.0}])
+    aug_scale, aug_rot, input_size, short = 1.25, 20.0, 128, 160
+    ds = _FixedAugment(
+        recs, COCO, input_size, augment=True, fixed=AugmentParams(rotation=aug_rot, scale=aug_scale)
+    )
+    batch = TargetCollate(input_size // OUTPUT_STRIDE)([ds[0]])
+    xs, ys = [j[0] for j in joints], [j[1] for j in joints]
+    area = (max(xs) - min(xs)) ** 2 + (max(ys) - min(ys)) ** 2
+    final_scale = (input_size / (200 * (short / 200 * aug_scale))) ** 2
+    expected = 1 / np.sqrt(area * final_scale)
+    weights = batch["targets"]["offset_weights"][0]
+    assert weights.max() > 0
+    np.testing.assert_allclose(np.unique(weights[weights > 0].numpy()), [expected], rtol=1e-5)
+
+
+def test_centre_from_all_joints_before_the_crop(tmp_path):
+    """The centre is the mean of every labelled joint in the image, mapped by the crop's matrix,
+    even when the crop cuts some joints off (DEKR computes it before the transform)."""
+    joints = [(20.0, 20.0, 2), (40.0, 30.0, 2), (180.0, 140.0, 2)]
+    recs = _one_image_dataset(tmp_path, [{"joints": joints, "bbox": [20, 20, 160, 120], "area": 9000.0}])
+    ds = _FixedAugment(recs, COCO, 64, augment=True, fixed=AugmentParams(scale=0.5, translate=(60.0, 60.0)))
+    sample = ds[0]
+    M = sample["matrix"].double().numpy()
+    mean = np.mean([j[:2] for j in joints], axis=0)
+    np.testing.assert_allclose(sample["centers"][0, :2].numpy(), M[:, :2] @ mean + M[:, 2], atol=1e-3)
+    kp = sample["keypoints"][0].numpy()
+    assert (kp[:, 2] > 0).sum() < 3  # the crop cut a joint off: the in-crop mean would differ
+
+
+def test_small_people_get_no_centre_on_coco_only(tmp_path):
+    """COCO's rule (DEKR ``COCOKeypoints.py``): ``area < 32**2`` -> no centre, no offsets; joints keep
+    their heatmaps. The CrowdPose spec has no such rule (DEKR ``CrowdPoseKeypoints.py``)."""
+    assert COCO.min_person_area == 32**2 and CROWDPOSE.min_person_area == 0
+    small = {"joints": [(50.0, 50.0, 2), (70.0, 110.0, 2)], "bbox": [45, 45, 30, 70], "area": 32**2 - 1}
+    big = {"joints": [(130.0, 40.0, 2), (150.0, 120.0, 2)], "bbox": [125, 35, 30, 90], "area": 32**2}
+    for spec, has_centre in ((COCO, [False, True]), (CROWDPOSE, [True, True])):
+        sub = tmp_path / spec.name
+        sub.mkdir()
+        recs = _one_image_dataset(sub, [small, big], spec=spec)
+        sample = PoseDataset(recs, spec, 64, augment=False)[0]
+        assert (sample["centers"][:, 2] > 0).tolist() == has_centre
+        t = TargetCollate(16)([sample])["targets"]
+        assert t["heatmaps"][0, :2].amax((1, 2)).min() > 0.5  # every joint channel drawn
+        cx, cy = (sample["centers"][0, :2] / OUTPUT_STRIDE).round().long().tolist()
+        assert (t["offset_weights"][0, :, cy, cx].max() > 0) == has_centre[0]
+
+
+def test_centre_sigma_defaults_follow_dekr_idx_17_rule():
+    """DEKR draws heatmap channel ``idx`` with the joint sigma (2) when ``idx < 17``, else the centre
+    sigma (4); the centre is channel K, so a 14-joint CrowdPose centre gets 2, COCO's gets 4."""
+    for spec in (COCO, CROWDPOSE):
+        dekr = 2.0 if spec.num_keypoints < 17 else 4.0
+        assert spec.center_sigma == dekr
+    assert TrainConfig(data="x", out="y").center_sigma is None  # None: the spec's
+
+
+def test_annotated_images_drop_person_free_images(coco_records):
+    """DEKR keeps images with at least one annotation of any kind (people, crowds, unlabelled)."""
+    rec = coco_records[0]
+    empty = dataclasses.replace(rec, image_id=1, keypoints=np.zeros((0, 17, 3), np.float32), ignore=[])
+    only_crowd = dataclasses.replace(empty, image_id=2, ignore=[IgnoreRegion(None, (0, 0, 5, 5), 9, "crowd")])
+    kept = annotated_images([rec, empty, only_crowd])
+    assert [r.image_id for r in kept] == [rec.image_id, 2]
+    assert TrainConfig(data="x", out="y").skip_empty_images
+
+
+def _write_json(path: Path, image_ids: list[int]) -> Path:
+    data = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 10, "height": 10} for i in image_ids],
+            "annotations": []}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_yaml_split_lists_several_files(tmp_path):
+    (tmp_path / "images").mkdir()
+    a = _write_json(tmp_path / "a.json", [1, 2])
+    b = _write_json(tmp_path / "b.json", [3])
+    desc = tmp_path / "dataset.yaml"
+    desc.write_text(
+        "spec: crowdpose\nmin_person_area: 100\n"
+        "train:\n  - {annotations: a.json, images: images}\n  - {annotations: b.json, images: images}\n"
+        "val: {annotations: b.json, images: images}\n"
+    )
+    parts, spec = resolve_dataset_parts(desc, "train")
+    assert parts == [(a, tmp_path / "images"), (b, tmp_path / "images")]
+    assert spec.name == "crowdpose" and spec.min_person_area == 100
+    records, _ = load_split(desc, "train")
+    assert [r.image_id for r in records] == [1, 2, 3]
+    assert resolve_dataset(desc, "val")[0] == b
+    with pytest.raises(DataError, match=r"split 'train' joins 2 annotation files"):
+        resolve_dataset(desc, "train")
+    _write_json(tmp_path / "b.json", [2, 3])
+    with pytest.raises(DataError, match=r"b\.json: image id 2 is also in .*a\.json"):
+        load_split(desc, "train")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train: []\n", r"dataset\.yaml: split 'train': empty list"),
+        ("train: [5]\n", r"dataset\.yaml: split 'train' entry 1: expected a mapping"),
+        ("train:\n  - {annotations: a.json, images: images}\n  - {images: images}\n",
+         r"dataset\.yaml: split 'train' entry 2: missing field 'annotations'"),
+        ("train: [{annotations: gone.json, images: images}]\n", r"split 'train' entry 1: annotation file not found"),
+        ("train: [{annotations: a.json, images: nope}]\n", r"split 'train' entry 1: image folder not found"),
+        ("min_person_area: -1\ntrain: {annotations: a.json, images: images}\n",
+         r"dataset\.yaml: field 'min_person_area' must be a number >= 0"),
+        ("min_person_area: big\ntrain: {annotations: a.json, images: images}\n", r"'min_person_area'"),
+    ],
+)  # fmt: skip
+def test_bad_yaml_split_lists_name_the_file_and_field(tmp_path, text, message):
+    (tmp_path / "images").mkdir()
+    _write_json(tmp_path / "a.json", [1])
+    (tmp_path / "dataset.yaml").write_text("spec: coco\n" + text)
+    with pytest.raises(DataError, match=message) as err:
+        load_split(tmp_path, "train")
+    assert "\n" not in str(err.value)
+
+
+def test_crowdpose_root_trains_on_trainval(tmp_path, caplog):
+    root = tmp_path / "crowdpose"
+    (root / "images").mkdir(parents=True)
+    train = _write_json(root / "json" / "crowdpose_train.json", [1, 2])
+    val = _write_json(root / "json" / "crowdpose_val.json", [3])
+    test = _write_json(root / "json" / "crowdpose_test.json", [4])
+    parts, spec = resolve_dataset_parts(root, "train")
+    assert spec is CROWDPOSE and parts == [(train, root / "images"), (val, root / "images")]
+    assert [r.image_id for r in load_split(root, "train")[0]] == [1, 2, 3]
+    assert resolve_dataset(root, "test")[0] == test and resolve_dataset(root, "val")[0] == val
+    trainval = _write_json(root / "json" / "crowdpose_trainval.json", [1, 2, 3])
+    assert resolve_dataset_parts(root, "train")[0] == [(trainval, root / "images")]
+    assert resolve_dataset(root, "train")[0] == trainval
+    trainval.unlink()
+    val.unlink()
+    with caplog.at_level(logging.WARNING, logger="grmpose.data.coco"):
+        assert resolve_dataset_parts(root, "train")[0] == [(train, root / "images")]
+    assert "not the paper's train + val" in caplog.text
