@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -129,10 +130,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume, amp=not args.no_amp, progress=not args.quiet, schedule=args.schedule,
         lr_steps=tuple(args.lr_steps) if args.lr_steps else None, offset_loss=args.offset_loss,
         center_sigma=args.center_sigma, skip_empty_images=not args.keep_empty_images,
+        optimizer=args.optimizer, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
+        warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, ema=args.ema,
+        log_every=args.log_every,
     )  # fmt: skip
     summary = train(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
         print(json.dumps(summary, indent=2))
+    if "signal" in summary:  # preempted: the checkpoint is written, say how to go on
+        if main_rank:
+            print(
+                f"grmpose: training {summary['stop_reason']}; resumable checkpoint written: continue with "
+                f"the same command plus --resume {summary['resume']}",
+                file=sys.stderr,
+            )
+        return 128 + int(getattr(signal, summary["signal"], signal.SIGTERM))
     return 0 if not summary["stop_reason"].endswith("in a row") else 1
 
 
@@ -316,6 +329,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="a last.pt to continue from")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--offset-loss", type=float, default=0.03, help="offset loss factor (DEKR: 0.03)")
+    p.add_argument("--optimizer", choices=["adam", "adamw"], default="adam", help="DEKR: adam")
+    p.add_argument(
+        "--weight-decay", type=float, default=0.0, help="on conv/linear weights, not norms or biases"
+    )
+    p.add_argument(
+        "--lr-schedule",
+        choices=["step", "cosine"],
+        default="step",
+        help="step: x0.1 at the schedule's epochs (DEKR); cosine: down to lr x --min-lr-ratio",
+    )
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear lr warmup over N steps")
+    p.add_argument("--min-lr-ratio", type=float, default=0.01, help="where the cosine schedule ends")
+    p.add_argument(
+        "--ema", type=float, default=0.0, help="weights' moving-average decay, e.g. 0.999 (0: off)"
+    )
+    p.add_argument("--log-every", type=int, default=10, help="log the loss every N steps")
     p.add_argument(
         "--center-sigma", type=float, default=None, help="centre heatmap sigma (default: COCO 4, CrowdPose 2)"
     )

@@ -579,7 +579,10 @@ def train(cfg: TrainConfig) -> dict:
                 else:
                     nonfinite += 1
                     log.warning(
-                        "non-finite loss at epoch %d step %d: step skipped (%d in a row)", epoch, step, nonfinite
+                        "non-finite loss at epoch %d step %d: step skipped (%d in a row)",
+                        epoch,
+                        step,
+                        nonfinite,
                     )
                 if nonfinite >= cfg.max_nonfinite:
                     stop_reason = f"{nonfinite} non-finite losses in a row"
@@ -610,7 +613,9 @@ def train(cfg: TrainConfig) -> dict:
             if want_val:
                 last_val = _validate(shared, cfg, spec, model_cfg.input_size, device, info, out)
                 if info.main and last_val:
-                    runlog.write({"kind": "val", "epoch": epoch, "step": global_step, **last_val}, global_step)
+                    runlog.write(
+                        {"kind": "val", "epoch": epoch, "step": global_step, **last_val}, global_step
+                    )
                     ap = last_val.get("AP", -1.0)
                     if ap > best_ap:
                         best_ap = ap
@@ -636,7 +641,9 @@ def train(cfg: TrainConfig) -> dict:
     if stop_signal:
         summary["signal"] = stop_signal
         summary["resume"] = str(out / "last.pt")
-        log.warning("%s: resumable checkpoint %s (epoch %d, step %d)", stop_reason, out / "last.pt", *position)
+        log.warning(
+            "%s: resumable checkpoint %s (epoch %d, step %d)", stop_reason, out / "last.pt", *position
+        )
     if dataset.skipped:
         log.warning("skipped %d unreadable training sample(s) (see the warnings above)", dataset.skipped)
     if info.main:
@@ -684,8 +691,14 @@ def _train_step(
     accumulate: int,
     info: DistInfo,
     loss_weights: LossWeights,
-) -> tuple[float, dict[str, float], bool]:
-    """One optimiser step over the batch (split into ``accumulate`` chunks); skipped if not finite."""
+) -> tuple[float, dict[str, float], str]:
+    """One optimiser step over the batch (split into ``accumulate`` chunks).
+
+    Returns ``(loss, loss parts, status)``. ``status`` is ``"ok"``; ``"overflow"`` when AMP's scaled
+    fp16 gradients overflowed (the scaler lowers its scale; routine while the scale calibrates);
+    or ``"nonfinite"`` when the loss, or without AMP a gradient, is not finite. A step that is not
+    ``"ok"`` leaves the weights, the optimiser state and the BatchNorm statistics as they were.
+    """
     images = batch["image"].to(device, non_blocking=True)
     targets = batch["targets"]
     chunks = max(1, min(accumulate, images.shape[0]))
@@ -715,19 +728,26 @@ def _train_step(
         flag = torch.tensor([0.0 if finite else 1.0], device=device)
         dist.all_reduce(flag)
         finite = flag.item() == 0
-    if finite:
-        grads_ok = all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
-        if not grads_ok and not use_amp:
-            finite = False
-    if finite:
-        scaler.step(optimizer)
-        scaler.update()
+    # Unscale first (a no-op without AMP) so the gradients checked are the real ones. DDP has
+    # averaged them, so every rank reaches the same verdict.
+    scaler.unscale_(optimizer)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grads_ok = bool(torch.stack([g.isfinite().all() for g in grads]).all()) if grads else True
+    if not finite:
+        status = "nonfinite"
+    elif not grads_ok:
+        status = "overflow" if scaler.is_enabled() else "nonfinite"
     else:
+        status = "ok"
+    if status == "ok":
+        scaler.step(optimizer)
+    scaler.update()  # a no-op without AMP; after an overflow it lowers the scale
+    if status != "ok":
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             for b, s in zip(buffers, saved):
                 b.copy_(s)
-    return total, parts_sum, finite
+    return total, parts_sum, status
 
 
 # ---------------------------------------------------------------------------- validation
