@@ -119,3 +119,50 @@ def test_docs_quote_one_run_for_the_pair():
     g = [r for r in y["models"] if r["preset"] == "grmpose-w32" and r["backend"] == "eager"][0]
     other = f"{g['median_ms_vs_dekr-w32']:.2f}×"
     assert other not in (REPO / "README.md").read_text()
+
+
+def printed_matches(text: str, value: float) -> bool:
+    """``text`` (e.g. "0.034", "**1,298**", "5.0") is ``value`` rounded to the digits it shows."""
+    digits = text.strip("* ").replace(",", "")
+    decimals = len(digits.split(".")[1]) if "." in digits else 0
+    return abs(float(digits) - value) <= 0.5 * 10**-decimals + 1e-12
+
+
+def test_readme_training_table_matches_the_runs():
+    """Each row of the README's synthetic-crowd table is one train_synthetic*.json, as printed."""
+    runs = []
+    for path in sorted(RESULTS.glob("train_synthetic*.json")):
+        r = json.loads(path.read_text())
+        runs.append((path.name, r, r["config"].get("offset_loss", 0.03)))  # 0.03: the default before the flag
+    readme = (REPO / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.strip().startswith("|") and " min |" in line]
+    assert rows, "README has no training table"
+    for line in rows:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        minutes, factor, steps, ips, ap, ap50, ar50 = cells
+        matching = [
+            (name, r)
+            for name, r, off in runs
+            if r["config"]["minutes"] == float(minutes.split()[0]) and off == float(factor.split()[0])
+        ]
+        assert len(matching) == 1, f"README row {line!r}: {len(matching)} results files match"
+        name, r = matching[0]
+        for text, value in ((steps, r["steps"]), (ips, r["train_images_per_s"]), (ap, r["eval"]["AP"]),
+                            (ap50, r["eval"]["AP50"]), (ar50, r["eval"]["AR50"])):  # fmt: skip
+            assert printed_matches(text, value), f"README row {line!r}: {text} vs {value} in {name}"
+
+
+def test_readme_overfit_figure_matches_the_run():
+    r = results("overfit_coco.json")
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert f"`tiny` trained for {r['steps']} steps" in text
+    assert f"reaches **AP {r['metrics']['AP']:.3f}**" in text
+
+
+def test_readme_decoder_ranking_matches_the_run():
+    """ "regression decoding is the best of the three in every flip / multi-scale setting"."""
+    rows = {(x["decoder"], x["flip"], x["multi_scale"]): x["AP"] for x in results("decoders.json")["rows"]}
+    for flip in (False, True):
+        for multi in (False, True):
+            others = [rows[(d, flip, multi)] for d in ("ae", "hybrid")]
+            assert rows[("regression", flip, multi)] >= max(others), (flip, multi)
