@@ -43,7 +43,14 @@ from torch import nn
 
 from grmpose.checkpoint import read_checkpoint, save_training_checkpoint, save_weights, unwrap
 from grmpose.config import get_preset
-from grmpose.data.coco import DataError, ImageRecord, annotated_images, load_split, resolve_dataset
+from grmpose.data.coco import (
+    DataError,
+    ImageRecord,
+    annotated_images,
+    load_split,
+    resolve_dataset,
+    resolve_dataset_parts,
+)
 from grmpose.data.dataset import OUTPUT_STRIDE, PoseDataset, collate
 from grmpose.fileio import check_output_dir
 from grmpose.losses import LossWeights, collate_targets, total_loss
@@ -383,7 +390,8 @@ def train(cfg: TrainConfig) -> dict:
             log.info("removed %s, left by an interrupted run", stale)
 
     records, spec = load_split(cfg.data, "train")
-    records, missing_images = present_images(records, cfg.data)
+    ann_files = " + ".join(str(a) for a, _ in resolve_dataset_parts(cfg.data, "train")[0])
+    records, missing_images = present_images(records, ann_files)
     if cfg.skip_empty_images:
         annotated = annotated_images(records)
         if not annotated:
