@@ -33,11 +33,20 @@ from grmpose.config import ModelConfig, get_preset
 from grmpose.data.coco import load_image
 from grmpose.fileio import atomic_path
 from grmpose.spec import KeypointSpec, get_spec
+from grmpose.track import PoseTracker, TrackConfig
 from grmpose.tta import predict_batch, predict_poses, run_forward
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Forward", "Pose", "PoseEstimator", "default_cache_dir", "predict_poses", "video_frames"]
+__all__ = [
+    "Forward",
+    "Pose",
+    "PoseEstimator",
+    "TrackedPose",
+    "default_cache_dir",
+    "predict_poses",
+    "video_frames",
+]
 
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 Source = str | Path | np.ndarray
@@ -77,6 +86,13 @@ class Pose:
         return poses_to_results(image_id, self.keypoints[None], np.array([self.score]), category_id)[0]
 
 
+@dataclass(frozen=True, eq=False)
+class TrackedPose(Pose):
+    """A ``Pose`` with its identity across video frames (``PoseEstimator.track``)."""
+
+    track_id: int = -1
+
+
 def poses_from_arrays(poses: np.ndarray, scores: np.ndarray) -> list[Pose]:
     """``Pose`` objects from ``(N×K×3, N)`` arrays."""
     return [Pose(p, s) for p, s in zip(np.asarray(poses), np.asarray(scores).tolist())]
@@ -92,16 +108,35 @@ def _torch_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-class TorchForward:
-    """``forward`` of a PyTorch model on ``device``: inputs are moved there, outputs stay there."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu") -> None:
+
+def torch_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The weights' dtype for ``name`` (``float32``, ``bfloat16``; ``float16`` on CUDA only)."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    if name == "float16" and device.type != "cuda":
+        raise ValueError("dtype float16 runs on CUDA only; use bfloat16 on the CPU")
+    return DTYPES[name]
+
+
+class TorchForward:
+    """``forward`` of a PyTorch model on ``device``: inputs are moved there, outputs stay there.
+
+    With ``dtype`` ``bfloat16`` (or ``float16`` on CUDA) the weights and the input batch are cast to
+    it and the outputs are cast back to float32, so decoding always reads float32 maps.
+    """
+
+    def __init__(self, model: nn.Module, device: str | torch.device = "cpu", dtype: str = "float32") -> None:
         self.device = _torch_device(device)
-        self.model = model.to(self.device).eval()
+        self.dtype = torch_dtype(dtype, self.device)
+        self.model = model.to(self.device, self.dtype).eval()
 
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        heat, off, tags = self.model(batch.to(self.device, non_blocking=True))
+        heat, off, tags = self.model(batch.to(self.device, self.dtype, non_blocking=True))
+        if self.dtype != torch.float32:
+            heat, off, tags = heat.float(), off.float(), tags.float()
         return heat, off, tags
 
 
@@ -292,6 +327,7 @@ class PoseEstimator:
         forward: the backend's ``forward(batch) -> (heatmaps, offsets, tags)``; evaluation code
             can pass it to ``predict_poses``.
         spec, input_size, flip, scales, decoder, max_people, backend, device: as given.
+        dtype: the torch backend's compute dtype (``float32``, ``bfloat16`` or ``float16``).
     """
 
     def __init__(
@@ -322,12 +358,13 @@ class PoseEstimator:
         self.backend = backend
         self.device = str(device)
         self.config = config
+        self.dtype = "float32"  # of the torch backend's weights; set by the constructors
         self._tmpdir: tempfile.TemporaryDirectory | None = None
 
     def __repr__(self) -> str:
         return (
             f"PoseEstimator(spec={self.spec.name!r}, input_size={self.input_size}, backend={self.backend!r}, "
-            f"device={self.device!r}, flip={self.flip}, scales={self.scales}, decoder={self.decoder!r})"
+            f"device={self.device!r}, dtype={self.dtype!r}, flip={self.flip}, scales={self.scales}, decoder={self.decoder!r})"
         )
 
     # ---------------------------------------------------------------- constructors
@@ -342,20 +379,20 @@ class PoseEstimator:
         backend: str,
         onnx_path: Path | None,
         input_size: int | None,
+        dtype: str = "float32",
         **options: object,
     ) -> PoseEstimator:
         size = input_size or config.input_size
         if backend == "torch":
             from grmpose.fuse import fuse_model
 
-            return cls(
-                TorchForward(fuse_model(model, inplace=True), device),  # BatchNorm folded for inference
-                spec,
-                size,
-                backend=backend,
-                device=device,
-                config=config,
-                **options,
+            forward = TorchForward(fuse_model(model, inplace=True), device, dtype)  # BatchNorm folded
+            est = cls(forward, spec, size, backend=backend, device=device, config=config, **options)
+            est.dtype = dtype
+            return est
+        if dtype != "float32":
+            raise ValueError(
+                f"dtype {dtype!r} runs with backend 'torch'; export with --int8 for ONNX Runtime"
             )
         if backend == "onnxruntime":
             assert onnx_path is not None
@@ -375,18 +412,23 @@ class PoseEstimator:
         max_people: int = 30,
         input_size: int | None = None,
         cache_dir: str | Path | None = None,
+        dtype: str = "float32",
     ) -> PoseEstimator:
         """From a ``.safetensors``/``.pt`` checkpoint (or a ``.onnx`` file with its sidecar).
 
         With ``backend="onnxruntime"`` the checkpoint is exported once to
         ``cache_dir/<stem>-<sha256 prefix>.onnx`` (default ``default_cache_dir()``) with a ``.json``
         sidecar; later calls reuse it. ``input_size`` defaults to the checkpoint's config.
+        ``dtype``: ``float32``, ``bfloat16`` (torch backend, CPU or CUDA) or ``float16`` (CUDA).
+        An int8 model is an ``.onnx`` file from ``grmpose export --int8``.
         """
         path = Path(path)
         options = dict(flip=flip, scales=scales, decoder=decoder, max_people=max_people)
         if path.suffix == ".onnx":
             if backend != "onnxruntime":
                 raise ValueError(f"{path}: an ONNX file runs with backend='onnxruntime', not {backend!r}")
+            if dtype != "float32":
+                raise ValueError(f"{path}: dtype {dtype!r} needs the torch backend and a checkpoint")
             return cls.from_onnx(path, input_size=input_size, device=device, **options)
         if backend not in ("torch", "onnxruntime"):
             raise ValueError(f"unknown backend {backend!r}: choose 'torch' or 'onnxruntime'")
@@ -403,6 +445,7 @@ class PoseEstimator:
             backend=backend,
             onnx_path=onnx_path,
             input_size=input_size,
+            dtype=dtype,
             **options,
         )
 
@@ -419,6 +462,7 @@ class PoseEstimator:
         max_people: int = 30,
         input_size: int | None = None,
         seed: int = 0,
+        dtype: str = "float32",
     ) -> PoseEstimator:
         """A preset's network with random (seeded) weights: poses are noise; for smoke tests and
         timing. The ONNX backend exports into a temporary folder that lives as long as the
@@ -448,6 +492,7 @@ class PoseEstimator:
             scales=scales,
             decoder=decoder,
             max_people=max_people,
+            dtype=dtype,
         )
         est._tmpdir = tmpdir
         return est
@@ -547,6 +592,27 @@ class PoseEstimator:
         """Poses per frame of an iterable of frames (e.g. ``video_frames(path)``), lazily."""
         for frame in frames:
             yield self.predict_one(frame, color)
+
+    def track(
+        self, frames: Iterable[np.ndarray], color: str = "rgb", config: TrackConfig | None = None
+    ) -> Iterator[list[TrackedPose]]:
+        """Poses per frame with identities kept across frames (``grmpose.track.PoseTracker``), lazily.
+
+        Args:
+            frames: consecutive video frames (RGB, or BGR with ``color="bgr"``, uint8 H×W×3).
+            config: tracker settings (occlusion limit, thresholds, One-Euro smoothing).
+
+        Yields:
+            Per frame, the tracked poses (people scored below ``config.min_score`` are left out),
+            best first; keypoints One-Euro smoothed when ``config.smoothing`` is set.
+        """
+        tracker = PoseTracker(self.spec.sigmas, config)
+        for frame in frames:
+            image = _as_rgb(frame, color)
+            poses, scores = self.predict_arrays(image)
+            ids = tracker.update(poses, scores, (image.shape[1], image.shape[0]))
+            kps = tracker.smoothed(poses, ids)
+            yield [TrackedPose(kps[n], scores[n], track_id=int(ids[n])) for n in np.flatnonzero(ids >= 0)]
 
     def maps(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """The network maps behind a prediction, at scale 1 (flip-averaged when ``flip``).
