@@ -199,6 +199,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- track
+def cmd_track(args: argparse.Namespace) -> int:
+    from grmpose.track import OneEuroConfig, TrackConfig
+    from grmpose.track_video import track_main
+
+    if not (args.checkpoint or args.preset):
+        raise UserError("give --checkpoint CKPT (or --preset NAME for random weights)")
+    smoothing = None
+    if args.smooth:
+        smoothing = OneEuroConfig(min_cutoff=args.min_cutoff, beta=args.beta, d_cutoff=args.d_cutoff)
+    config = TrackConfig(
+        max_missed=args.max_missed, min_oks=args.min_oks, min_score=args.min_score, smoothing=smoothing
+    )
+    summary = track_main(
+        args.source, args.out, checkpoint=args.checkpoint, preset=args.preset, spec=args.spec,
+        device=args.device, backend=args.backend, flip=args.flip, decoder=args.decoder, config=config,
+        trail=args.trail, score_threshold=args.score_threshold, fps=args.fps, progress=not args.quiet,
+        max_frames=args.max_frames, input_size=args.input_size,
+    )  # fmt: skip
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 # ---------------------------------------------------------------- rescore-fit
 def cmd_rescore_fit(args: argparse.Namespace) -> int:
     from grmpose.rescore import rescore_fit_main
@@ -390,6 +413,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="short side at test time")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("track", help="people with identities through a video, webcam or folder of frames")
+    p.add_argument("source", help="video file, webcam index, folder of frames or glob (quoted)")
+    p.add_argument("--checkpoint", help=".safetensors/.pt checkpoint or .onnx model")
+    p.add_argument("--preset", help="random weights of a preset (smoke tests)")
+    p.add_argument("--spec", default="coco", help="keypoint spec for --preset")
+    p.add_argument("--out", required=True, help="output folder (annotated video + tracks.json)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--flip", action="store_true", help="flip test")
+    p.add_argument("--decoder", default="regression", choices=["regression", "ae", "hybrid"])
+    p.add_argument("--max-missed", type=int, default=15, help="frames an unseen person keeps its id")
+    p.add_argument("--min-oks", type=float, default=0.2, help="least OKS to continue a track")
+    p.add_argument("--min-score", type=float, default=0.1, help="people scored below are not tracked")
+    p.add_argument("--smooth", action="store_true", help="One-Euro smoothing of the keypoints")
+    p.add_argument("--min-cutoff", type=float, default=1.0, help="One-Euro cut-off at rest (Hz)")
+    p.add_argument("--beta", type=float, default=0.01, help="One-Euro speed coefficient")
+    p.add_argument("--d-cutoff", type=float, default=1.0, help="One-Euro speed cut-off (Hz)")
+    p.add_argument("--trail", type=int, default=20, help="frames of trail behind each person (0: none)")
+    p.add_argument("--score-threshold", type=float, default=0.1, help="joints below are not drawn")
+    p.add_argument("--fps", type=float, default=None, help="frame rate (folders; default 25 or the video's)")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    p.add_argument("--input-size", type=int, default=None, help="short side at test time")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_track)
 
     p = sub.add_parser("rescore-fit", help="fit the rescoring net on a model's own training-set predictions")
     p.add_argument("--checkpoint", required=True)
