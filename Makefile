@@ -8,7 +8,7 @@ BIN = $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "torch==2.13.0" -e ".[onnx,video,tensorboard,dev]"
+	$(BIN)/python -m pip install -q "torch==2.13.0" -e ".[onnx,video,tensorboard,track,dev]"
 	touch $@
 
 install: $(BIN)/.installed
