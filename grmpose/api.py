@@ -559,6 +559,20 @@ class PoseEstimator:
             max_people=self.max_people,
         )
 
+    def predict_many(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``predict_arrays`` for several RGB uint8 images; images whose prepared inputs have the same
+        size share one forward call (``grmpose.tta.predict_batch``)."""
+        return predict_batch(
+            self.forward,
+            images,
+            self.spec,
+            self.input_size,
+            flip=self.flip,
+            scales=self.scales,
+            decoder=self.decoder,
+            max_people=self.max_people,
+        )
+
     def predict_one(self, source: Source, color: str = "rgb") -> list[Pose]:
         """Poses of one image (path or array), best first."""
         return poses_from_arrays(*self.predict_arrays(_as_rgb(source, color)))
@@ -574,17 +588,7 @@ class PoseEstimator:
             color: channel order of array inputs.
         """
         if isinstance(source, (list, tuple)):
-            images = [_as_rgb(s, color) for s in source]
-            results = predict_batch(
-                self.forward,
-                images,
-                self.spec,
-                self.input_size,
-                flip=self.flip,
-                scales=self.scales,
-                decoder=self.decoder,
-                max_people=self.max_people,
-            )  # images of equal prepared size share a forward call
+            results = self.predict_many([_as_rgb(s, color) for s in source])
             return [poses_from_arrays(poses, scores) for poses, scores in results]
         return self.predict_one(source, color)
 

@@ -19,17 +19,23 @@ or glob is logged, skipped and counted; a single corrupt image is an error.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import logging
 import math
 import os
+import queue
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from grmpose.api import PoseEstimator, open_video, poses_from_arrays
@@ -160,6 +166,7 @@ def build_estimator(
     max_people: int = 30,
     cache_dir: str | Path | None = None,
     input_size: int | None = None,
+    dtype: str = "float32",
 ) -> PoseEstimator:
     """The estimator for the predict command: a checkpoint (or .onnx), or a preset's random weights."""
     if (checkpoint is None) == (preset is None):
@@ -173,6 +180,7 @@ def build_estimator(
         decoder=decoder,
         max_people=max_people,
         input_size=input_size,
+        dtype=dtype,
     )
     if checkpoint is not None:
         return PoseEstimator.from_checkpoint(checkpoint, cache_dir=cache_dir, **options)
@@ -182,6 +190,138 @@ def build_estimator(
     return PoseEstimator.from_preset(preset, spec=spec, **options)
 
 
+def _header_key(path: Path) -> tuple[float, int, int]:
+    """``(aspect, height, width)`` as displayed (EXIF orientation applied), from the file header
+    only; ``(0, 0, 0)`` for a file PIL cannot open (it fails again, and is reported, when read)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+                w, h = h, w
+    except Exception:  # any unreadable file sorts first; load_image reports it
+        return (0.0, 0, 0)
+    return (round(w / max(h, 1), 3), h, w)
+
+
+def image_batches(paths: list[Path], batch_size: int) -> list[list[int]]:
+    """Indices into ``paths`` in batches of at most ``batch_size``.
+
+    With ``batch_size`` > 1 the images are first ordered by aspect ratio and size (from their file
+    headers, without decoding), so that a batch holds images of one prepared input size where the
+    folder allows it: ``grmpose.tta.predict_batch`` runs equal sizes in one forward call.
+    """
+    if batch_size <= 1:
+        return [[i] for i in range(len(paths))]
+    order = sorted(range(len(paths)), key=lambda i: (_header_key(paths[i]), i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _load_or_error(path: Path) -> np.ndarray | DataError:
+    try:
+        return load_image(path, exif_transpose=True)
+    except DataError as err:
+        return err
+
+
+def read_ahead(paths: list[Path], workers: int, depth: int) -> Iterator[np.ndarray | DataError]:
+    """Decoded RGB images of ``paths`` in order (or the ``DataError`` of an unreadable one).
+
+    ``workers`` threads decode up to ``depth`` images ahead of the consumer (PIL releases the GIL
+    while decoding), so reading overlaps the network; ``workers=0`` reads in the calling thread.
+    """
+    if workers <= 0:
+        for path in paths:
+            yield _load_or_error(path)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="grmpose-read") as pool:
+        pending: deque[Future] = deque()
+        remaining = iter(paths)
+        for path in itertools.islice(remaining, max(1, depth)):
+            pending.append(pool.submit(_load_or_error, path))
+        while pending:
+            future = pending.popleft()
+            following = next(remaining, None)
+            if following is not None:
+                pending.append(pool.submit(_load_or_error, following))
+            yield future.result()
+
+
+def prefetch(items: Iterable, depth: int) -> Iterator:
+    """The items of ``items``, produced by one background thread up to ``depth`` ahead (for video
+    decoding). An exception in the producer is raised in the consumer."""
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((done, None))
+        except BaseException as err:  # handed to the consumer
+            slots.put((done, err))
+
+    thread = threading.Thread(target=produce, name="grmpose-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = slots.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+class _Pictures:
+    """Draws and saves pictures in one background thread (JPEG encoding overlaps the network);
+    the first failure is raised in the caller at the next ``submit`` or at ``wait``."""
+
+    def __init__(self, threaded: bool) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="grmpose-write") if threaded else None
+        self.futures: list[Future] = []
+
+    def submit(self, fn, *args) -> None:
+        self._raise_failures(block=False)
+        if self.pool is None:
+            fn(*args)
+        else:
+            self.futures.append(self.pool.submit(fn, *args))
+
+    def _raise_failures(self, block: bool) -> None:
+        keep = []
+        for future in self.futures:
+            if block or future.done():
+                future.result()  # raises the thread's exception
+            else:
+                keep.append(future)
+        self.futures = keep
+
+    def wait(self) -> None:
+        self._raise_failures(block=True)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+
+def _save_picture(path: Path, image: np.ndarray, poses, spec, score_threshold: float, maps) -> None:
+    picture = draw_poses(image, poses, spec, score_threshold=score_threshold)
+    if maps is not None:
+        picture = side_by_side(picture, maps)
+    save_image(path, picture)
+
+
 def _predict_images(
     estimator: PoseEstimator,
     src: InputSource,
@@ -189,36 +329,69 @@ def _predict_images(
     show_maps: bool,
     score_threshold: float,
     progress: bool,
+    batch_size: int = 1,
+    workers: int = 2,
 ) -> dict:
     ids = assign_image_ids(src.images)
     pictures = picture_paths(src.images, out, ids)
-    entries, written, skipped, people = [], [], [], 0
-    items = list(zip(src.images, src.names, ids, pictures))
-    bar = tqdm(items, desc="predict", unit="img", disable=not progress or len(items) < 2)
-    with ResultsWriter(out / "results.json") as writer:
-        for path, name, image_id, picture_path in bar:
-            try:
-                image = load_image(path, exif_transpose=True)
-            except DataError as err:
-                if src.kind == "image":
-                    raise
-                log.warning("skipping %s", err)
-                skipped.append(str(path))
-                continue
-            poses, scores = estimator.predict_arrays(image)
-            people += writer.write(image_id, poses, scores)
-            picture = _picture(estimator, image, poses_from_arrays(poses, scores), show_maps, score_threshold)
-            save_image(picture_path, picture)
-            written.append(str(picture_path))
-            h, w = image.shape[:2]
-            entries.append({"id": image_id, "file_name": name, "width": w, "height": h})
-    _write_json(out / "images.json", {"images": entries})
+    batches = image_batches(src.images, batch_size)
+    order = [i for batch in batches for i in batch]
+    entries: list[tuple[int, dict]] = []
+    written, skipped, people = [], [], 0
+    bar = tqdm(total=len(order), desc="predict", unit="img", disable=not progress or len(order) < 2)
+    images = read_ahead([src.images[i] for i in order], workers, depth=2 * max(1, batch_size))
+    drawer = _Pictures(threaded=workers > 0)
+    start = time.perf_counter()
+    try:
+        with ResultsWriter(out / "results.json") as writer:
+            for batch in batches:
+                loaded = []
+                for i in batch:
+                    image = next(images)
+                    if isinstance(image, DataError):
+                        if src.kind == "image":
+                            raise image
+                        log.warning("skipping %s", image)
+                        skipped.append(str(src.images[i]))
+                    else:
+                        loaded.append((i, image))
+                if not loaded:
+                    bar.update(len(batch))
+                    continue
+                if len(loaded) == 1:
+                    results = [estimator.predict_arrays(loaded[0][1])]
+                else:
+                    results = estimator.predict_many([image for _, image in loaded])
+                for (i, image), (poses, scores) in zip(loaded, results):
+                    people += writer.write(ids[i], poses, scores)
+                    maps = None
+                    if show_maps:
+                        heat, off, m = estimator.maps(image)
+                        maps = render_maps(image, heat, off, estimator.spec, image_to_input=m)
+                    drawer.submit(
+                        _save_picture, pictures[i], image, poses_from_arrays(poses, scores),
+                        estimator.spec, score_threshold, maps,
+                    )  # fmt: skip
+                    written.append(str(pictures[i]))
+                    h, w = image.shape[:2]
+                    entries.append((i, {"id": ids[i], "file_name": src.names[i], "width": w, "height": h}))
+                bar.update(len(batch))
+            drawer.wait()
+    finally:
+        drawer.close()
+        images.close()
+        bar.close()
+    seconds = time.perf_counter() - start
+    _write_json(out / "images.json", {"images": [entry for _, entry in sorted(entries, key=lambda e: e[0])]})
     return {
         "processed": len(entries),
         "skipped": len(skipped),
         "skipped_files": skipped,
         "people": people,
         "pictures": written,
+        "batch_size": batch_size,
+        "workers": workers,
+        "images_per_s": len(entries) / seconds if seconds > 0 else None,
     }
 
 
@@ -246,6 +419,8 @@ def _predict_video(
     score_threshold: float,
     progress: bool,
     max_frames: int | None,
+    batch_size: int = 1,
+    workers: int = 2,
 ) -> dict:
     import cv2
 
@@ -261,25 +436,37 @@ def _predict_video(
     total = min(total, max_frames) if max_frames and total > 0 else total
     writer = None
     entries, people = [], 0
+    start = time.perf_counter()
     try:
-        frames = _frames(cap, max_frames, catch_interrupt=camera)
-        bar = tqdm(frames, desc="predict", unit="frame", total=total or None, disable=not progress)
+        frames: Iterable = _frames(cap, max_frames, catch_interrupt=camera)
+        if workers > 0 and not camera:  # a live camera is read when needed: reading ahead adds latency
+            frames = prefetch(frames, depth=2 * max(1, batch_size))
+        bar = tqdm(desc="predict", unit="frame", total=total or None, disable=not progress)
         with ResultsWriter(out / "results.json") as results:
-            for index, bgr in enumerate(bar):
-                image = np.ascontiguousarray(bgr[..., ::-1])
-                poses, scores = estimator.predict_arrays(image)
-                people += results.write(index, poses, scores)
-                picture = _picture(
-                    estimator, image, poses_from_arrays(poses, scores), show_maps, score_threshold
-                )
-                if writer is None:
-                    fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-                    writer = cv2.VideoWriter(str(tmp), fourcc, fps, (picture.shape[1], picture.shape[0]))
-                    if not writer.isOpened():
-                        raise OSError(f"cannot write video {video_path} (OpenCV VideoWriter failed)")
-                writer.write(np.ascontiguousarray(picture[..., ::-1]))
-                h, w = image.shape[:2]
-                entries.append({"id": index, "file_name": name, "frame": index, "width": w, "height": h})
+            while True:
+                chunk = [np.ascontiguousarray(bgr[..., ::-1]) for bgr in itertools.islice(frames, batch_size)]
+                if not chunk:
+                    break
+                if len(chunk) == 1:
+                    predicted = [estimator.predict_arrays(chunk[0])]
+                else:
+                    predicted = estimator.predict_many(chunk)
+                for image, (poses, scores) in zip(chunk, predicted):
+                    index = len(entries)
+                    people += results.write(index, poses, scores)
+                    picture = _picture(
+                        estimator, image, poses_from_arrays(poses, scores), show_maps, score_threshold
+                    )
+                    if writer is None:
+                        fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                        writer = cv2.VideoWriter(str(tmp), fourcc, fps, (picture.shape[1], picture.shape[0]))
+                        if not writer.isOpened():
+                            raise OSError(f"cannot write video {video_path} (OpenCV VideoWriter failed)")
+                    writer.write(np.ascontiguousarray(picture[..., ::-1]))
+                    h, w = image.shape[:2]
+                    entries.append({"id": index, "file_name": name, "frame": index, "width": w, "height": h})
+                bar.update(len(chunk))
+            bar.close()
             if not entries:
                 raise OSError(
                     f"no frames could be read from {'camera' if camera else 'video file'} {src.video}"
@@ -293,12 +480,16 @@ def _predict_video(
             writer.release()
         if tmp.exists():
             tmp.unlink()
+    seconds = time.perf_counter() - start
     _write_json(out / "images.json", {"images": entries})
     return {
         "processed": len(entries),
         "skipped": 0,
         "skipped_files": [],
         "people": people,
+        "batch_size": batch_size,
+        "workers": workers,
+        "images_per_s": len(entries) / seconds if seconds > 0 else None,
         "video": str(video_path),
         "fps": fps,
     }
@@ -322,6 +513,9 @@ def predict_main(
     max_people: int = 30,
     cache_dir: str | None = None,
     input_size: int | None = None,
+    batch_size: int = 1,
+    workers: int = 2,
+    dtype: str = "float32",
 ) -> dict:
     """Predict poses for SOURCE and write results and pictures into ``out``.
 
@@ -343,11 +537,18 @@ def predict_main(
         max_people: centres kept per image.
         cache_dir: where ONNX exports are cached (default ``grmpose.api.default_cache_dir()``).
         input_size: test short side at scale 1 (default: the model config's input size).
+        batch_size: images (or video frames) per network call; a folder's images are ordered by
+            size first so that a batch holds one size (``image_batches``). Memory grows with it.
+        workers: threads that decode images ahead of the network and write pictures behind it
+            (0: everything in the calling thread). A video file is read by one thread ahead.
+        dtype: ``float32``, ``bfloat16`` (torch backend) or ``float16`` (CUDA).
 
     Returns:
         Summary dict: ``source``, ``kind``, ``processed``, ``skipped``, ``skipped_files``,
         ``people``, ``results``, ``images_json``, ``pictures`` (image kinds) or ``video`` and
-        ``fps`` (video kinds), ``seconds``, ``backend``, ``device``.
+        ``fps`` (video kinds), ``batch_size``, ``workers``, ``images_per_s`` (images or frames
+        over the wall time of the loop: reading, network, decoding, pictures), ``seconds``,
+        ``backend``, ``device``.
 
     Raises:
         FileNotFoundError: missing source, or a folder/glob without images.
@@ -357,6 +558,8 @@ def predict_main(
         OSError: a video or camera that cannot be opened or read.
     """
     start = time.perf_counter()
+    if batch_size < 1 or workers < 0:
+        raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
     src = resolve_source(source)
     out_dir = Path(out)
     check_output_dir(out_dir)
@@ -372,6 +575,7 @@ def predict_main(
         max_people,
         cache_dir,
         input_size,
+        dtype,
     )
     if src.kind in ("video", "camera"):
         # open the source before creating anything, so a bad video leaves no output folder behind
@@ -379,9 +583,13 @@ def predict_main(
     _make_output_dir(out_dir)
     log.info("predicting %s (%s) with %r", source, src.kind, estimator)
     if src.kind in ("image", "images"):
-        summary = _predict_images(estimator, src, out_dir, show_maps, score_threshold, progress)
+        summary = _predict_images(
+            estimator, src, out_dir, show_maps, score_threshold, progress, batch_size, workers
+        )
     else:
-        summary = _predict_video(estimator, src, out_dir, show_maps, score_threshold, progress, max_frames)
+        summary = _predict_video(
+            estimator, src, out_dir, show_maps, score_threshold, progress, max_frames, batch_size, workers
+        )
     summary.update(
         source=source,
         kind=src.kind,

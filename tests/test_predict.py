@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import grmpose.predict
-from grmpose.data.coco import DataError
+from grmpose.data.coco import DataError, load_image
 from grmpose.predict import assign_image_ids, picture_paths, predict_main, resolve_source
 from tests.test_api import BUS, PHOTOS, SKIERS, TEST_SIZE, random_checkpoint, write_video
 
@@ -269,3 +269,75 @@ def test_video_frames_reach_the_model_as_rgb_and_the_output_video_keeps_colours(
     assert len(written) == len(CLIP_COLOURS)
     for bgr, (r, g, b) in zip(written, CLIP_COLOURS):
         assert_solid(bgr, (b, g, r))  # OpenCV files hold BGR: a missing or double swap fails
+
+
+# ------------------------------------------------------------------------------------------ batching
+def test_image_batches_group_sizes_and_respect_exif_rotation(tmp_path):
+    from grmpose.predict import image_batches
+
+    sizes = [(64, 48), (48, 64), (64, 48), (48, 64), (64, 48)]  # (width, height) as stored
+    paths = []
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"{i}.jpg"
+        Image.new("RGB", size).save(path)
+        paths.append(path)
+    rotated = tmp_path / "5.jpg"  # stored 64 x 48, displayed 48 x 64 (EXIF orientation 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (64, 48)).save(rotated, exif=exif)
+    paths.append(rotated)
+    # portrait (aspect 0.75) first, then landscape; ties keep the folder order
+    assert image_batches(paths, 3) == [[1, 3, 5], [0, 2, 4]]
+    assert image_batches(paths, 4) == [[1, 3, 5, 0], [2, 4]]
+    assert image_batches(paths, 1) == [[i] for i in range(6)]
+
+
+def test_batched_folder_gives_the_poses_of_single_images(checkpoint, tmp_path):
+    from grmpose.api import PoseEstimator
+
+    src = tmp_path / "src"
+    src.mkdir()
+    skiers = load_image(SKIERS)
+    for i in range(2):  # sizes interleaved, and one unreadable file among them
+        shutil.copy(SKIERS, src / f"{2 * i}.jpg")
+        Image.fromarray(skiers[: 200 + 16 * i]).save(src / f"{2 * i + 1}.png")
+    (src / "1b.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    summary = run(src, out, checkpoint, batch_size=3, workers=2)
+    assert summary["processed"] == 4 and summary["skipped_files"] == [str(src / "1b.jpg")]
+    assert summary["batch_size"] == 4 and summary["images_per_s"] > 0
+    results, images = read_outputs(out)
+    names = sorted(p.name for p in src.iterdir() if p.name != "1b.jpg")
+    assert [im["file_name"] for im in images] == names  # folder order, whatever the batches were
+
+    reference = PoseEstimator.from_checkpoint(checkpoint, input_size=TEST_SIZE)
+    for im in images:
+        poses, scores = reference.predict_arrays(load_image(src / im["file_name"]))
+        got = [r for r in results if r["image_id"] == im["id"]]
+        assert len(got) == len(poses)
+        for r, pose, score in zip(got, poses, scores):
+            kps = np.asarray(r["keypoints"]).reshape(-1, 3)
+            np.testing.assert_allclose(kps[:, :2], pose[:, :2], atol=1e-2)
+            assert r["score"] == pytest.approx(score, abs=1e-4)
+        assert (out / f"{Path(im['file_name']).stem}.jpg").is_file()
+
+
+def test_batched_video_keeps_frame_order(checkpoint, tmp_path):
+    pytest.importorskip("cv2")
+    from grmpose.api import PoseEstimator, video_frames
+
+    video = write_video(tmp_path / "clip.avi", frames=3)
+    summary = run(video, tmp_path / "out", checkpoint, batch_size=2)
+    results, images = read_outputs(tmp_path / "out")
+    assert summary["processed"] == 3 and [im["frame"] for im in images] == list(range(3))
+    reference = PoseEstimator.from_checkpoint(checkpoint, input_size=TEST_SIZE)
+    for index, frame in enumerate(video_frames(video)):
+        _, scores = reference.predict_arrays(frame)
+        got = sorted((r["score"] for r in results if r["image_id"] == index), reverse=True)
+        np.testing.assert_allclose(got, np.sort(scores)[::-1], atol=1e-4)
+
+
+def test_batch_size_and_workers_are_checked(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="--batch-size"):
+        run(SKIERS, tmp_path / "out", checkpoint, batch_size=0)
+    assert not (tmp_path / "out").exists()
