@@ -253,3 +253,56 @@ def test_config_validation():
         ModelConfig(blocks=((4,), (0, 4), (0, 0, 4), (0, 0, 0, 2)), use_mfa=True)
     with pytest.raises(ValueError, match="preset"):
         build_model("no-such-preset")
+
+
+# ------------------------------------------------------------------ initialisation (DEKR)
+def test_dekr_initialisation():
+    """DEKR's init_weights (lib/models/hrnet_dekr.py), restated: every nn.Conv2d ~ N(0, 0.001), bias 0;
+    every BatchNorm2d weight 1, bias 0; then the adaptive convs' transform_matrix_conv and
+    translation_conv (our ``affine``/``translation``) are zero. The deformable conv's own kernel is not
+    an nn.Conv2d in DEKR (torchvision DeformConv2d) and keeps its default kaiming_uniform(a=sqrt(5)):
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    torch.manual_seed(0)
+    model = build_model("tiny", "crowdpose")  # backbone, GRM, MFA, heads, adaptive convs
+    own_init = {
+        id(c) for m in model.modules() if hasattr(m, "special_init") for c in m.modules() if c is not m
+    }
+    generic = [m for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in own_init]
+    weights = torch.cat([m.weight.detach().flatten() for m in generic])
+    assert weights.numel() > 1e6
+    assert abs(weights.std().item() - 0.001) < 0.00001  # pooled over ~2e6 samples
+    assert abs(weights.mean().item()) < 1e-6
+    assert weights.abs().max().item() < 0.001 * 7  # Gaussian tail: no kaiming-scale weight anywhere
+    for m in generic:
+        if m.weight.numel() >= 2000:  # each conv, not only the pool (sample std within ~5%)
+            assert abs(m.weight.std().item() - 0.001) < 0.0002, m
+        assert m.bias is None or not m.bias.any()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(bool((m.weight == 1).all()) and not m.bias.any() for m in bns)
+    adaptive = [m for m in model.modules() if isinstance(m, AdaptiveConv)]
+    assert len(adaptive) == PRESETS["tiny"].offset_blocks
+    for m in adaptive:
+        for conv in (m.affine, m.translation):
+            assert not conv.weight.any() and not conv.bias.any()
+        bound = 1 / math.sqrt(m.channels * 9)
+        assert m.weight.abs().max().item() <= bound
+        assert abs(m.weight.std().item() - bound / math.sqrt(3)) < 0.1 * bound
+
+
+def test_init_keeps_special_init_of_modules():
+    """Modules that define special_init() are re-initialised by it after the generic pass."""
+    from grmpose.model.init_weights import init_weights
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(64, 64, 1)
+
+        def special_init(self) -> None:
+            nn.init.constant_(self.conv.bias, 5.0)  # e.g. a mean-pose bias
+
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), Scaled())
+    init_weights(model)
+    assert torch.equal(model[1].conv.bias, torch.full((64,), 5.0))
+    assert abs(model[1].conv.weight.std().item() - 0.001) < 0.0001  # the generic pass ran first
+    assert abs(model[0].weight.std().item() - 0.001) < 0.0001

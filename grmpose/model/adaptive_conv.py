@@ -116,13 +116,20 @@ class AdaptiveConv(nn.Module):
         self.channels = channels
         self.affine = nn.Conv2d(groups * channels, groups * 4, 3, padding=1, groups=groups)
         self.translation = nn.Conv2d(groups * channels, groups * 2, 3, padding=1, groups=groups)
-        for conv in (self.affine, self.translation):
-            nn.init.zeros_(conv.weight)
-            nn.init.zeros_(conv.bias)
+        self.special_init()
         self.weight = nn.Parameter(torch.empty(groups * channels, channels, 3, 3))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
         # no bias in training; ``grmpose.fuse`` sets one when it folds the following BatchNorm
         self.register_parameter("bias", None)
+
+    def special_init(self) -> None:
+        """Zero the A/t predictors (DEKR): at initialisation every tap samples the centre pixel.
+
+        ``grmpose.model.init_weights`` calls it after its generic N(0, 0.001) pass over all convs.
+        """
+        for conv in (self.affine, self.translation):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """A and t of every pixel, B x G x 6 x H x W (a11, a12, a21, a22, tx, ty): both predictor

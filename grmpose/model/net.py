@@ -18,6 +18,7 @@ from grmpose.config import ModelConfig, get_preset
 from grmpose.model.backbone import HRBackbone
 from grmpose.model.grm import GRM
 from grmpose.model.heads import HeatmapTagHead, OffsetHead
+from grmpose.model.init_weights import init_weights
 from grmpose.spec import KeypointSpec, get_spec
 
 
@@ -35,6 +36,9 @@ class GRMPoseNet(nn.Module):
         self.offset_head = OffsetHead(
             head_in, config.offset_channels_per_kpt, config.offset_blocks, num_keypoints
         )
+        # DEKR's initialisation (convs N(0, 0.001), BN 1/0, then each module's special_init());
+        # grmpose.load_pretrained overwrites the backbone with ImageNet weights afterwards.
+        init_weights(self)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         p1, p2, stage4 = self.backbone(images)
