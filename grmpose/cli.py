@@ -166,7 +166,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate_checkpoint(
         args.checkpoint, args.data, split=args.split, out=args.out, flip=args.flip,
         multi_scale=args.multi_scale, decoder=args.decoder, backend=args.backend, device=args.device,
-        max_images=args.max_images, rescore=args.rescore, progress=not args.quiet,
+        max_images=args.max_images, rescore=args.rescore, progress=not args.quiet, dtype=args.dtype,
+        batch_size=args.batch_size, workers=args.workers,
     )  # fmt: skip
     if args.json:
         print(json.dumps(metrics))
@@ -193,7 +194,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.source, args.out, checkpoint=args.checkpoint, preset=args.preset, spec=args.spec,
         device=args.device, backend=args.backend, flip=args.flip, multi_scale=args.multi_scale,
         decoder=args.decoder, show_maps=args.show_maps, score_threshold=args.score_threshold,
-        progress=not args.quiet, max_frames=args.max_frames, input_size=args.input_size,
+        progress=not args.quiet, max_frames=args.max_frames, input_size=args.input_size, dtype=args.dtype,
+        batch_size=args.batch_size, workers=args.workers,
     )  # fmt: skip
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -288,6 +290,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parser
+def _add_speed_flags(p: argparse.ArgumentParser) -> None:
+    """--dtype, --batch-size, --workers of predict and eval."""
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+        help="torch backend compute type (float16: CUDA only); int8: export --int8, then --backend onnxruntime",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=1, help="images per network call (similar sizes)")
+    p.add_argument("--workers", type=int, default=2, help="threads reading images ahead (0: none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grmpose", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -389,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--rescore", default=None, help="rescoring net from grmpose rescore-fit")
+    _add_speed_flags(p)
     p.add_argument("--gt", help="ground-truth JSON (score an existing results file)")
     p.add_argument("--results", help="COCO-format results JSON")
     p.add_argument("--spec", default=None, help="coco, crowdpose or a YAML spec (with --gt/--results)")
@@ -411,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-threshold", type=float, default=0.1)
     p.add_argument("--max-frames", type=int, default=None, help="video/webcam: stop after N frames")
     p.add_argument("--input-size", type=int, default=None, help="short side at test time")
+    _add_speed_flags(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 

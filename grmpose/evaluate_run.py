@@ -46,8 +46,14 @@ def evaluate_forward(
     max_images: int | None = None,
     progress: bool = True,
     rescorer: Rescorer | None = None,
+    batch_size: int = 1,
+    workers: int = 0,
 ) -> dict:
     """Predict each GT image, stream the poses to ``results_path``, return the OKS metrics.
+
+    ``batch_size`` > 1 runs the images ordered by their ground-truth size, that many per network
+    call (equal prepared sizes share one forward, ``grmpose.tta.predict_batch``); ``workers``
+    threads decode images ahead of the network (``grmpose.readahead.read_ahead``).
 
     ``scales``: test scales (``(0.5, 1.0, 2.0)`` is the paper's multi-scale test); ``max_images``:
     only the first images by id, and the ground truth is cut to them too. ``rescorer(poses,
@@ -70,29 +76,54 @@ def evaluate_forward(
             "images": images,
             "annotations": [a for a in gt.get("annotations", []) if a["image_id"] in ids],
         }
-    iterator = images
+    from grmpose.readahead import read_ahead
+    from grmpose.tta import predict_batch
+
+    order = images
+    if batch_size > 1:  # similar sizes next to each other (aspect, then size, from the ground truth)
+        order = sorted(images, key=lambda im: (round(im.get("width", 0) / max(im.get("height", 1), 1), 3),
+                                               im.get("height", 0), im.get("width", 0), im["id"]))  # fmt: skip
+    loaded = read_ahead(
+        [Path(image_dir) / im["file_name"] for im in order],
+        lambda path: load_image(path, exif_transpose=False),
+        workers,
+        depth=2 * max(1, batch_size),
+    )
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(images, desc="evaluate", dynamic_ncols=True, leave=False)
+        bar = tqdm(total=len(order), desc="evaluate", dynamic_ncols=True, leave=False)
     unreadable = 0
     seen: list[int] = []
-    with ResultsWriter(results_path) as writer:
-        for im in iterator:
-            path = Path(image_dir) / im["file_name"]
-            try:
-                image = load_image(path, exif_transpose=False)
-            except DataError as err:
-                unreadable += 1
-                log.warning("skipping unreadable image %s", err)
-                continue
-            poses, scores = predict_poses(
-                forward, image, spec, input_size, flip=flip, scales=scales, decoder=decoder
-            )
-            if rescorer is not None and len(poses):
-                scores = rescorer(poses, scores)
-            writer.write(im["id"], poses, scores)
-            seen.append(im["id"])
+    try:
+        with ResultsWriter(results_path) as writer:
+            for start in range(0, len(order), max(1, batch_size)):
+                batch = []
+                for im in order[start : start + max(1, batch_size)]:
+                    image = next(loaded)
+                    if isinstance(image, DataError):
+                        unreadable += 1
+                        log.warning("skipping unreadable image %s", image)
+                    else:
+                        batch.append((im, image))
+                if len(batch) == 1:
+                    results = [predict_poses(forward, batch[0][1], spec, input_size, flip=flip, scales=scales,
+                                             decoder=decoder)]  # fmt: skip
+                elif batch:
+                    results = predict_batch(forward, [image for _, image in batch], spec, input_size,
+                                            flip=flip, scales=scales, decoder=decoder)  # fmt: skip
+                for (im, _), (poses, scores) in zip(batch, results if batch else []):
+                    if rescorer is not None and len(poses):
+                        scores = rescorer(poses, scores)
+                    writer.write(im["id"], poses, scores)
+                    seen.append(im["id"])
+                if bar is not None:
+                    bar.update(min(batch_size, len(order) - start))
+    finally:
+        loaded.close()
+        if bar is not None:
+            bar.close()
     report = coverage(gt, seen)
     log.info(report.summary())
     metrics = evaluate_keypoints(gt, results_path, spec)
@@ -143,31 +174,55 @@ def evaluate_checkpoint(
     max_images: int | None = None,
     rescore: str | Path | None = None,
     progress: bool = True,
+    dtype: str = "float32",
+    batch_size: int = 1,
+    workers: int = 2,
 ) -> dict:
-    """What ``grmpose eval --checkpoint CKPT --data DATA`` does; writes results.json + metrics.json."""
-    from grmpose.checkpoint import load_model
+    """What ``grmpose eval --checkpoint CKPT --data DATA`` does; writes results.json + metrics.json.
+
+    ``checkpoint`` may be an ``.onnx`` model with its sidecar (e.g. from ``grmpose export --int8``),
+    run with ``backend="onnxruntime"``. ``dtype``: the torch backend's ``float32`` / ``bfloat16``.
+    """
+    from grmpose.api import OnnxForward, TorchForward, export_cached, read_sidecar
+    from grmpose.checkpoint import CheckpointError, load_model
     from grmpose.data.coco import resolve_dataset
 
     ann_file, image_dir, data_spec = resolve_dataset(data, split)
     out = Path(out) if out is not None else Path(checkpoint).parent / f"eval_{split}"
     check_output_dir(out)
-    model, config, spec = load_model(checkpoint, spec=data_spec, device=device)
-    out.mkdir(parents=True, exist_ok=True)
-    from grmpose.api import OnnxForward, TorchForward, export_cached
-
-    if backend == "onnxruntime":
-        forward = OnnxForward(export_cached(model, config, spec, out / "model.onnx"), device=device)
-    elif backend == "torch":
-        from grmpose.fuse import fuse_model
-
-        forward = TorchForward(fuse_model(model, inplace=True), device)  # BatchNorm folded for inference
+    if Path(checkpoint).suffix == ".onnx":
+        if backend != "onnxruntime" or dtype != "float32":
+            raise ValueError(f"{checkpoint}: an ONNX model runs with --backend onnxruntime (and no --dtype)")
+        stored = read_sidecar(checkpoint)
+        if stored is None:
+            raise ValueError(
+                f"{checkpoint}: no sidecar {Path(checkpoint).with_suffix('.json').name} (config, spec)"
+            )
+        config, spec = stored
+        if spec.num_keypoints != data_spec.num_keypoints:
+            raise CheckpointError(
+                f"{checkpoint}: model has {spec.num_keypoints} keypoints, the data {data_spec.num_keypoints}"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        forward = OnnxForward(checkpoint, device=device)
     else:
-        raise ValueError(f"unknown backend {backend!r}: choose torch or onnxruntime")
+        model, config, spec = load_model(checkpoint, spec=data_spec, device=device)
+        out.mkdir(parents=True, exist_ok=True)
+        if backend == "onnxruntime":
+            if dtype != "float32":
+                raise ValueError(f"--dtype {dtype} runs with --backend torch; for ONNX Runtime export --int8")
+            forward = OnnxForward(export_cached(model, config, spec, out / "model.onnx"), device=device)
+        elif backend == "torch":
+            from grmpose.fuse import fuse_model
+
+            forward = TorchForward(fuse_model(model, inplace=True), device, dtype)  # BatchNorm folded
+        else:
+            raise ValueError(f"unknown backend {backend!r}: choose torch or onnxruntime")
     rescorer = load_rescorer(rescore, spec) if rescore is not None else None
     metrics = evaluate_forward(
         forward, spec, config.input_size, ann_file, image_dir, out / "results.json",
         flip=flip, scales=(0.5, 1.0, 2.0) if multi_scale else (1.0,), decoder=decoder,
-        max_images=max_images, progress=progress, rescorer=rescorer,
+        max_images=max_images, progress=progress, rescorer=rescorer, batch_size=batch_size, workers=workers,
     )  # fmt: skip
     metrics["results"] = str(out / "results.json")
     write_metrics(out / "metrics.json", metrics)

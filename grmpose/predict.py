@@ -24,11 +24,8 @@ import json
 import logging
 import math
 import os
-import queue
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +39,7 @@ from grmpose.api import PoseEstimator, open_video, poses_from_arrays
 from grmpose.data.coco import DataError, load_image
 from grmpose.evaluate import ResultsWriter
 from grmpose.fileio import atomic_path, check_output_dir
+from grmpose.readahead import prefetch, read_ahead
 from grmpose.visualize import draw_poses, render_maps, save_image, side_by_side
 
 log = logging.getLogger(__name__)
@@ -216,71 +214,8 @@ def image_batches(paths: list[Path], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _load_or_error(path: Path) -> np.ndarray | DataError:
-    try:
-        return load_image(path, exif_transpose=True)
-    except DataError as err:
-        return err
-
-
-def read_ahead(paths: list[Path], workers: int, depth: int) -> Iterator[np.ndarray | DataError]:
-    """Decoded RGB images of ``paths`` in order (or the ``DataError`` of an unreadable one).
-
-    ``workers`` threads decode up to ``depth`` images ahead of the consumer (PIL releases the GIL
-    while decoding), so reading overlaps the network; ``workers=0`` reads in the calling thread.
-    """
-    if workers <= 0:
-        for path in paths:
-            yield _load_or_error(path)
-        return
-    with ThreadPoolExecutor(workers, thread_name_prefix="grmpose-read") as pool:
-        pending: deque[Future] = deque()
-        remaining = iter(paths)
-        for path in itertools.islice(remaining, max(1, depth)):
-            pending.append(pool.submit(_load_or_error, path))
-        while pending:
-            future = pending.popleft()
-            following = next(remaining, None)
-            if following is not None:
-                pending.append(pool.submit(_load_or_error, following))
-            yield future.result()
-
-
-def prefetch(items: Iterable, depth: int) -> Iterator:
-    """The items of ``items``, produced by one background thread up to ``depth`` ahead (for video
-    decoding). An exception in the producer is raised in the consumer."""
-    done = object()
-    slots: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            slots.put((done, None))
-        except BaseException as err:  # handed to the consumer
-            slots.put((done, err))
-
-    thread = threading.Thread(target=produce, name="grmpose-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, err = slots.get()
-            if item is done:
-                if err is not None:
-                    raise err
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+def _load_photo(path: Path) -> np.ndarray:
+    return load_image(path, exif_transpose=True)
 
 
 class _Pictures:
@@ -339,7 +274,7 @@ def _predict_images(
     entries: list[tuple[int, dict]] = []
     written, skipped, people = [], [], 0
     bar = tqdm(total=len(order), desc="predict", unit="img", disable=not progress or len(order) < 2)
-    images = read_ahead([src.images[i] for i in order], workers, depth=2 * max(1, batch_size))
+    images = read_ahead([src.images[i] for i in order], _load_photo, workers, depth=2 * max(1, batch_size))
     drawer = _Pictures(threaded=workers > 0)
     start = time.perf_counter()
     try:
