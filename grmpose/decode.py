@@ -237,7 +237,7 @@ def decode_image(
         stride: output stride (map cell u is input pixel ``stride·u``).
         max_people, center_threshold, kernel: see ``center_nms``.
         nms: apply ``pose_nms``.
-        score_factor: multiplies all scores (e.g. ``spec.multiscale_factor`` for scales ≠ 1).
+        score_factor: a constant factor on every score (multi-scale scoring is ``grmpose.tta``).
 
     Returns:
         ``(poses N×K×3 float64 (x, y, score) in image pixels, scores N)``, best first.
