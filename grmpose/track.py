@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["OneEuroConfig", "OneEuroFilter", "PoseTracker", "TrackConfig", "pose_similarity"]
+__all__ = ["OneEuroConfig", "OneEuroFilter", "PoseTracker", "TrackConfig", "one_euro_step", "pose_similarity"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,8 @@ class TrackConfig:
         min_score: poses below this person score are not tracked.
         keypoint_threshold: joints below this score are ignored in the similarity.
         velocity_smoothing: weight of the newest displacement in the velocity average (0..1].
+        motion: predict with the constant-velocity model (``False``: a track stays where it
+            was last seen; an ablation).
         min_area: least OKS scale ``s²`` (px²); 32² is COCO's smallest evaluated person size.
         area_decay: a track's scale is ``max(min_area, box area, area_decay × its previous
             scale)``, so a person seen partly (entering, occluded) keeps the size seen before.
@@ -84,6 +86,7 @@ class TrackConfig:
     min_score: float = 0.1
     keypoint_threshold: float = 0.1
     velocity_smoothing: float = 0.5
+    motion: bool = True
     min_area: float = 32.0**2
     area_decay: float = 0.95
     smoothing: OneEuroConfig | None = None
@@ -143,23 +146,40 @@ def pose_similarity(
     refs = np.asarray(refs, np.float64)
     if len(poses) == 0 or len(refs) == 0:
         return np.zeros((len(poses), len(refs)))
-    variances = (2.0 * np.asarray(sigmas, np.float64)) ** 2  # K
-    d2 = ((poses[:, None, :, :2] - refs[None, :, :, :2]) ** 2).sum(-1)  # N×T×K
-    e = d2 / (2.0 * variances * np.asarray(areas, np.float64)[None, :, None])
+    inv = 1.0 / (2.0 * (2.0 * np.asarray(sigmas, np.float64)) ** 2)  # K: 1 / (2 (2σ)²)
+    dx = poses[:, None, :, 0] - refs[None, :, :, 0]  # N×T×K
+    dy = poses[:, None, :, 1] - refs[None, :, :, 1]
+    e = (dx * dx + dy * dy) * inv / np.asarray(areas, np.float64)[None, :, None]
     both = (poses[:, None, :, 2] >= keypoint_threshold) & (refs[None, :, :, 2] >= keypoint_threshold)
     count = both.sum(-1)
-    total = np.where(both, np.exp(-e), 0.0).sum(-1)
+    total = (np.exp(-e) * both).sum(-1)
     return np.where(count > 0, total / np.maximum(count, 1), 0.0)
 
 
 # ------------------------------------------------------------------------------------ smoothing
-class OneEuroFilter:
-    """The One-Euro filter on an array of values (all filtered independently).
+def one_euro_step(
+    x: np.ndarray, x_prev: np.ndarray, dx_prev: np.ndarray, dt: np.ndarray | float, config: OneEuroConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step of the One-Euro filter, element-wise; ``dt`` (seconds) broadcasts against ``x``.
 
-    Per step of ``dt`` seconds, with ``a(fc) = 1 / (1 + 1 / (2π fc dt))``:
-    ``dx = (x − x̂_prev) / dt``, ``dx̂ = a(d_cutoff) dx + (1 − a) dx̂_prev``,
-    ``fc = min_cutoff + beta |dx̂|``, ``x̂ = a(fc) x + (1 − a(fc)) x̂_prev``. The first value passes
-    unchanged.
+    With ``a(fc) = 1 / (1 + 1 / (2π fc dt))``: ``dx̂ = a(d_cutoff) (x − x̂_prev) / dt + (1 − a) dx̂_prev``,
+    ``fc = min_cutoff + beta |dx̂|``, ``x̂ = a(fc) x + (1 − a(fc)) x̂_prev``.
+
+    Returns:
+        ``(x̂, dx̂)``.
+    """
+    c = config
+    a_d = 1.0 / (1.0 + 1.0 / (2.0 * math.pi * c.d_cutoff * dt))
+    dx = a_d * (x - x_prev) / dt + (1.0 - a_d) * dx_prev
+    a = 1.0 / (1.0 + 1.0 / (2.0 * math.pi * (c.min_cutoff + c.beta * np.abs(dx)) * dt))
+    return a * x + (1.0 - a) * x_prev, dx
+
+
+class OneEuroFilter:
+    """The One-Euro filter on an array of values (all filtered independently, ``one_euro_step``).
+
+    The first value passes unchanged; a call ``frames`` frames after the previous one uses
+    ``dt = frames / fps``.
     """
 
     def __init__(self, config: OneEuroConfig) -> None:
@@ -167,22 +187,13 @@ class OneEuroFilter:
         self.x: np.ndarray | None = None
         self.dx: np.ndarray | None = None
 
-    @staticmethod
-    def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
-        return 1.0 / (1.0 + 1.0 / (2.0 * math.pi * cutoff * dt))
-
     def __call__(self, x: np.ndarray, frames: int = 1) -> np.ndarray:
         """Filter the next value ``x`` (any shape), ``frames`` frames after the previous one."""
         x = np.asarray(x, np.float64)
-        if self.x is None:
+        if self.x is None or self.dx is None:
             self.x, self.dx = x.copy(), np.zeros_like(x)
-            return x.copy()
-        c = self.config
-        dt = max(1, frames) / c.fps
-        dx = (x - self.x) / dt
-        self.dx = self._alpha(c.d_cutoff, dt) * dx + (1.0 - self._alpha(c.d_cutoff, dt)) * self.dx
-        a = self._alpha(c.min_cutoff + c.beta * np.abs(self.dx), dt)
-        self.x = a * x + (1.0 - a) * self.x
+        else:
+            self.x, self.dx = one_euro_step(x, self.x, self.dx, max(1, frames) / self.config.fps, self.config)
         return self.x.copy()
 
 
@@ -195,8 +206,9 @@ class _Track:
     last_frame: int
     hits: int
     area: float  # OKS scale s² (px²)
-    smoother: OneEuroFilter | None
     gap: int = 1  # frames between the last two matches (the smoother's time step)
+    smooth_x: np.ndarray | None = None  # One-Euro state: K×2 filtered joints and their speed
+    smooth_dx: np.ndarray | None = None
 
 
 class PoseTracker:
@@ -247,7 +259,9 @@ class PoseTracker:
             N track ids (int64); -1 for poses below ``min_score``.
         """
         c = self.config
-        keypoints = np.asarray(keypoints, np.float64).reshape(-1, len(self.sigmas), 3)
+        keypoints = np.array(keypoints, np.float64).reshape(
+            -1, len(self.sigmas), 3
+        )  # a copy: tracks keep rows
         scores = np.asarray(scores, np.float64).reshape(-1)
         if len(scores) != len(keypoints):
             raise ValueError(f"{len(keypoints)} poses but {len(scores)} scores")
@@ -261,17 +275,16 @@ class PoseTracker:
             self.tracks = [t for t, k in zip(self.tracks, keep) if k]
             pred, areas = pred[keep], areas[keep]
         sim = pose_similarity(keypoints[candidates], pred, areas, self.sigmas, c.keypoint_threshold)
-        matched_tracks: set[int] = set()
+        det, trk = np.zeros(0, np.int64), np.zeros(0, np.int64)
         if sim.size:
             rows, cols = linear_sum_assignment(1.0 - sim)
-            for r, t in zip(rows, cols):
-                if sim[r, t] >= c.min_oks and sim[r, t] > 0:
-                    self._update_track(self.tracks[t], keypoints[candidates[r]])
-                    ids[candidates[r]] = self.tracks[t].track_id
-                    matched_tracks.add(t)
-        for n in candidates:
-            if ids[n] < 0 and (keypoints[n, :, 2] >= c.keypoint_threshold).any():
-                ids[n] = self._new_track(keypoints[n])
+            ok = (sim[rows, cols] >= c.min_oks) & (sim[rows, cols] > 0)
+            det, trk = candidates[rows[ok]], cols[ok]
+            self._update_tracks([self.tracks[t] for t in trk], keypoints[det])
+            ids[det] = [self.tracks[t].track_id for t in trk]
+        new = candidates[ids[candidates] < 0]
+        new = new[(keypoints[new, :, 2] >= c.keypoint_threshold).any(1)]
+        ids[new] = self._new_tracks(keypoints[new])
         self.tracks = [t for t in self.tracks if self.frame - t.last_frame <= c.max_missed]
         return ids
 
@@ -279,39 +292,65 @@ class PoseTracker:
         """``keypoints`` (N×K×3) with the coordinates of tracked poses One-Euro filtered.
 
         Call once per frame right after ``update``; without ``config.smoothing`` a copy is returned.
+        A track's first pose passes unchanged; later ones are filtered with ``dt = gap / fps``.
         """
-        out = np.array(keypoints, np.float64, copy=True).reshape(len(ids), len(self.sigmas), 3)
-        if self.config.smoothing is None:
+        out = np.array(keypoints, np.float64).reshape(len(ids), len(self.sigmas), 3)
+        c = self.config.smoothing
+        if c is None:
             return out
         by_id = {t.track_id: t for t in self.tracks}
+        rows, tracks = [], []
         for n, track_id in enumerate(ids):
             track = by_id.get(int(track_id))
-            if track is not None and track.smoother is not None:
-                out[n, :, :2] = track.smoother(out[n, :, :2], frames=track.gap)
+            if track is None or track.last_frame != self.frame:
+                continue
+            if track.smooth_x is None:
+                track.smooth_x, track.smooth_dx = out[n, :, :2].copy(), np.zeros((len(self.sigmas), 2))
+            else:
+                rows.append(n)
+                tracks.append(track)
+        if rows:
+            dt = np.array([t.gap for t in tracks], np.float64)[:, None, None] / c.fps
+            x_prev = np.stack([t.smooth_x for t in tracks])
+            dx_prev = np.stack([t.smooth_dx for t in tracks])
+            x, dx = one_euro_step(out[rows, :, :2], x_prev, dx_prev, dt, c)
+            out[rows, :, :2] = x
+            for track, xi, dxi in zip(tracks, x, dx):
+                track.smooth_x, track.smooth_dx = xi, dxi
         return out
 
-    def _update_track(self, track: _Track, pose: np.ndarray) -> None:
+    def _update_tracks(self, tracks: list[_Track], poses: np.ndarray) -> None:
+        """Matched tracks take their new poses (M×K×3); velocities from the shift of the mean of
+        the joints confident in both the new and the previous pose."""
         c = self.config
-        gap = self.frame - track.last_frame
-        both = (pose[:, 2] >= c.keypoint_threshold) & (track.keypoints[:, 2] >= c.keypoint_threshold)
-        if both.any():
-            step = (pose[both, :2].mean(0) - track.keypoints[both, :2].mean(0)) / gap
-            w = c.velocity_smoothing if track.hits > 1 else 1.0
-            track.velocity = w * step + (1.0 - w) * track.velocity
-        track.keypoints = pose.copy()
-        track.area = self._area(pose, track.area * c.area_decay**gap)
-        track.last_frame = self.frame
-        track.hits += 1
-        track.gap = gap
+        if not tracks:
+            return
+        previous = np.stack([t.keypoints for t in tracks])
+        gaps = np.array([self.frame - t.last_frame for t in tracks], np.float64)
+        valid = poses[..., 2] >= c.keypoint_threshold
+        both = (valid & (previous[..., 2] >= c.keypoint_threshold))[..., None]
+        count = np.maximum(both.sum(1), 1)
+        shift = ((poses[..., :2] * both).sum(1) - (previous[..., :2] * both).sum(1)) / count
+        steps = shift / gaps[:, None]  # M×2 px per frame
+        boxes = _keypoint_box_area(poses, valid)
+        for track, pose, step, has_both, gap, box in zip(tracks, poses, steps, both.any((1, 2)), gaps, boxes):
+            if has_both and c.motion:
+                w = c.velocity_smoothing if track.hits > 1 else 1.0
+                track.velocity = w * step + (1.0 - w) * track.velocity
+            track.keypoints = pose
+            track.area = max(c.min_area, float(box), track.area * c.area_decay**gap)
+            track.gap = int(gap)
+            track.last_frame = self.frame
+            track.hits += 1
 
-    def _area(self, pose: np.ndarray, previous: float) -> float:
-        valid = pose[None, :, 2] >= self.config.keypoint_threshold
-        box = float(_keypoint_box_area(pose[None], valid)[0])
-        return max(self.config.min_area, box, previous)
-
-    def _new_track(self, pose: np.ndarray) -> int:
-        smoother = OneEuroFilter(self.config.smoothing) if self.config.smoothing else None
-        track = _Track(self.next_id, pose.copy(), np.zeros(2), self.frame, 1, self._area(pose, 0.0), smoother)
-        self.tracks.append(track)
-        self.next_id += 1
-        return track.track_id
+    def _new_tracks(self, poses: np.ndarray) -> list[int]:
+        """Start a track per pose (M×K×3); return their ids."""
+        c = self.config
+        boxes = _keypoint_box_area(poses, poses[..., 2] >= c.keypoint_threshold)
+        ids = []
+        for pose, box in zip(poses, boxes):
+            area = max(c.min_area, float(box))
+            self.tracks.append(_Track(self.next_id, pose, np.zeros(2), self.frame, 1, area))
+            ids.append(self.next_id)
+            self.next_id += 1
+        return ids
