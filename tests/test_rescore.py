@@ -4,6 +4,7 @@ renders the ground truth."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 from pathlib import Path
@@ -254,3 +255,15 @@ def test_fit_main_and_gain_end_to_end(tmp_path: Path) -> None:
     gain = rescore_gain(ckpt, COCO_DATA, out, max_images=2, out=tmp_path / "gain", progress=False)
     assert 0.0 <= gain["AP_without"] <= 1.0 and 0.0 <= gain["AP_with"] <= 1.0
     assert (tmp_path / "gain" / "with" / "results.json").is_file()
+
+
+def test_rescore_never_imports_the_evaluation_runner() -> None:
+    """One-way dependency: evaluate_run uses rescore; rescore (even lazily, inside functions) does
+    not import evaluate_run."""
+    import grmpose.rescore
+
+    tree = ast.parse(Path(grmpose.rescore.__file__).read_text())
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "grmpose.tta" in modules  # the walk sees the function-level imports
+    assert "grmpose.evaluate_run" not in modules
