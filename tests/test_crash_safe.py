@@ -148,10 +148,15 @@ def test_sigterm_to_one_torchrun_rank_stops_every_rank_cleanly(synth, tmp_path):
     agent = subprocess.Popen(
         torchrun(), env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    wait_for(lambda: trained_steps(run) >= 1, agent, "training step", seconds=240)
-    ranks = {rank_of(pid): pid for pid in child_pids(agent.pid)}
-    os.kill(ranks[1], signal.SIGTERM)
-    out, err = agent.communicate(timeout=120)  # a hang would end in torchrun's SIGKILL after 30 s
+    try:
+        wait_for(lambda: trained_steps(run) >= 1, agent, "training step", seconds=240)
+        ranks = {rank_of(pid): pid for pid in child_pids(agent.pid)}
+        os.kill(ranks[1], signal.SIGTERM)
+        out, err = agent.communicate(timeout=120)  # without the agreement, rank 0 hangs in a collective
+    finally:
+        if agent.poll() is None:  # leave no hung processes behind
+            for pid in [*child_pids(agent.pid), agent.pid]:
+                os.kill(pid, signal.SIGKILL)
     assert "forcefully" not in err, err[-3000:]
     assert "grmpose: training stopped by a signal to another process of the run" in err, err[-3000:]
     summary = json.loads(out[out.index("{") :])  # rank 0's summary
