@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         center_sigma=args.center_sigma, skip_empty_images=not args.keep_empty_images,
         optimizer=args.optimizer, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, ema=args.ema,
-        log_every=args.log_every,
+        log_every=args.log_every, pretrained=args.pretrained,
     )  # fmt: skip
     summary = train(cfg)
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -362,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--resume", default=None, help="a last.pt to continue from")
+    p.add_argument(
+        "--pretrained", default=None, metavar="FILE",
+        help="official HRNet ImageNet weights for the backbone (e.g. hrnet_w32-36af842e.pth)",
+    )  # fmt: skip
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--offset-loss", type=float, default=0.03, help="offset loss factor (DEKR: 0.03)")
     p.add_argument("--optimizer", choices=["adam", "adamw"], default="adam", help="DEKR: adam")

@@ -55,6 +55,7 @@ from grmpose.data.dataset import OUTPUT_STRIDE, PoseDataset, collate
 from grmpose.fileio import check_output_dir
 from grmpose.losses import LossWeights, collate_targets, total_loss
 from grmpose.model.net import GRMPoseNet
+from grmpose.pretrained import load_pretrained
 from grmpose.schedule import LR_SCHEDULES, SCHEDULES, WeightEMA, drop_fractions, lr_at, run_progress
 from grmpose.spec import KeypointSpec
 from grmpose.targets import build_targets
@@ -91,6 +92,9 @@ class TrainConfig:
     amp: bool = True  # CUDA only
     device: str = "auto"
     resume: str | None = None
+    # official HRNet ImageNet weights for the backbone (DEKR starts from hrnet_w32-36af842e.pth);
+    # everything else keeps DEKR's initialisation. Not used when resuming.
+    pretrained: str | None = None
     max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
     offset_loss: float = (
         0.03  # factor of the offset loss (DEKR's); short CPU runs learn offsets faster with more
@@ -416,6 +420,8 @@ def train(cfg: TrainConfig) -> dict:
 
     torch.manual_seed(cfg.seed)
     model = GRMPoseNet(model_cfg, spec.num_keypoints).to(device)
+    if cfg.pretrained and state is None:  # a resumed run already holds its trained weights
+        load_pretrained(model, cfg.pretrained)
     optimizer = build_optimizer(model, cfg)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = make_grad_scaler(use_amp, device)

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from grmpose import build_model, load_pretrained
 from grmpose.checkpoint import CheckpointError
+from grmpose.cli import main as cli_main
 from grmpose.config import FULL_BLOCKS, ModelConfig
+from grmpose.data.synthetic import synth_main
 from grmpose.model.mfa import MFABlock
 from grmpose.model.net import GRMPoseNet
 
@@ -343,3 +345,39 @@ def test_files_without_official_names_or_tensors(tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable"):
         load_pretrained(model, garbage)
+
+
+# ------------------------------------------------------------------ grmpose train --pretrained
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    synth_main(str(out), "coco", images=2, seed=1, val_images=1, image_size=64, max_people=2)
+    return out
+
+
+def train_args(data: Path, out: Path, pretrained: Path) -> list[str]:
+    return [
+        "train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--pretrained", str(pretrained),
+        "--max-steps", "1", "--batch-size", "1", "--input-size", "64", "--workers", "0", "--val-every", "0",
+        "--lr", "1e-12", "--quiet",
+    ]  # fmt: skip
+
+
+def test_train_cli_starts_from_the_pretrained_backbone(tiny_data, tmp_path):
+    """tiny's stem conv is 32 x 3 x 3 x 3: an official-named tensor of that shape full of 0.5 must be
+    in the trained weights (one step at lr 1e-12 moves it by about 1e-12), not DEKR's N(0, 0.001)."""
+    path = tmp_path / "stem.pth"
+    torch.save({"conv1.weight": torch.full((32, 3, 3, 3), 0.5), "classifier.weight": torch.zeros(2, 2)}, path)
+    assert cli_main(train_args(tiny_data, tmp_path / "run", path)) == 0
+    weights = load_file(str(tmp_path / "run" / "last.safetensors"))
+    assert torch.allclose(weights["backbone.stem.0.0.weight"], torch.full((32, 3, 3, 3), 0.5), atol=1e-6)
+    assert weights["backbone.stem.1.0.weight"].abs().max() < 0.01  # not in the file: DEKR's init
+
+
+def test_train_cli_refuses_weights_of_another_width_in_one_line(ref_w32, tiny_data, tmp_path, capsys):
+    path = tmp_path / "hrnet_w32_stem.pth"
+    torch.save({k: v for k, v in ref_w32.state_dict().items() if k.startswith(("conv1.", "bn1."))}, path)
+    assert cli_main(train_args(tiny_data, tmp_path / "run", path)) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "conv1.weight" in err and "(64, 3, 3, 3)" in err and "(32, 3, 3, 3)" in err
