@@ -284,3 +284,22 @@ def test_no_dataset_literals_in_library_code():
         text = (root / name).read_text()
         assert not re.search(r"(?<![\w.])(17|14)(?![\w.])", text), name
         assert not re.search(r"[\"'](coco|crowdpose)[\"']", text, re.IGNORECASE), name
+
+
+def test_height_range_bounds_every_person_and_ignores_the_count():
+    """``height_range=(lo, hi)``: standing heights in [lo H, hi H] for any count (the demo level);
+    without it the crowd level draws smaller people when there are many."""
+    from grmpose.data.synthetic_render import sample_figures
+
+    heights, crowd = [], []
+    for i in range(40):
+        rng = np.random.default_rng([5, i])
+        count = int(rng.integers(1, 6))
+        heights += [f.height_px for f in sample_figures(rng, 320, 200, count, 5, (0.25, 0.9))]
+        crowd += [f.height_px for f in sample_figures(np.random.default_rng([6, i]), 320, 200, 15, 5)]
+    heights = np.array(heights)
+    assert heights.min() >= 0.25 * 200 - 1e-6 and heights.max() <= 0.9 * 200 + 1e-6
+    assert heights.max() > 0.7 * 200  # the range is used, not just its bottom
+    assert max(crowd) <= 0.9 * 200 + 1e-6 and np.median(crowd) < 0.5 * np.median(heights)
+    with pytest.raises(ValueError, match="height_range"):
+        sample_figures(np.random.default_rng(0), 64, 64, 1, 5, (0.5, 0.2))

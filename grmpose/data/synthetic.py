@@ -150,6 +150,7 @@ def generate_dataset(
     image_format: str = "jpg",
     jpeg_quality: int = 92,
     progress: ProgressFn | None = None,
+    height_range: tuple[float, float] | None = None,
 ) -> Path:
     """Generate one split: ``out_dir/{split}/NNNNNN.{jpg,png}`` and ``out_dir/{split}.json``.
 
@@ -160,6 +161,8 @@ def generate_dataset(
         image_size: ``(width, height)`` or one int for square images.
         max_people: people per image are drawn uniformly from 1..max_people.
         progress: optional wrapper of the loop over image indices (e.g. ``tqdm.tqdm``).
+        height_range: people's standing heights as fractions ``(lo, hi)`` of the image height;
+            ``None`` (the crowd level) makes people smaller the more there are (``sample_figures``).
     """
     spec = get_spec(spec)
     spec_body_points(spec)
@@ -181,7 +184,7 @@ def generate_dataset(
         indices = progress(indices)
     for i in indices:
         rng = np.random.default_rng([seed, i])
-        image, people = render_scene(rng, spec, width, height, max_people)
+        image, people = render_scene(rng, spec, width, height, max_people, height_range)
         file_name = f"{i:06d}.{image_format}"
         if image_format == "jpg":
             image.save(image_dir / file_name, quality=jpeg_quality)
@@ -219,6 +222,7 @@ def generate_dataset(
             "description": f"grmpose synthetic crowds ({spec.name} keypoints)",
             "seed": seed,
             "max_people": max_people,
+            "height_range": list(height_range) if height_range else None,
         },
         "images": images,
         "annotations": annotations,
@@ -245,12 +249,17 @@ def generate(
     image_size: int | tuple[int, int] = (256, 256),
     max_people: int = 15,
     progress: ProgressFn | None = None,
+    height_range: tuple[float, float] | None = None,
 ) -> Path:
     """Generate ``train`` (from ``seed``) and ``val`` (from a derived seed); return dataset.yaml."""
-    generate_dataset(out_dir, spec, train_images, seed, image_size, "train", max_people, progress=progress)
     generate_dataset(
-        out_dir, spec, val_images, derived_seed(seed, 1), image_size, "val", max_people, progress=progress
-    )
+        out_dir, spec, train_images, seed, image_size, "train", max_people, progress=progress,
+        height_range=height_range,
+    )  # fmt: skip
+    generate_dataset(
+        out_dir, spec, val_images, derived_seed(seed, 1), image_size, "val", max_people, progress=progress,
+        height_range=height_range,
+    )  # fmt: skip
     return Path(out_dir) / "dataset.yaml"
 
 

@@ -417,12 +417,31 @@ def make_background(rng: np.random.Generator, width: int, height: int) -> np.nda
 
 
 def sample_figures(
-    rng: np.random.Generator, width: int, height: int, count: int, min_visible: int
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    count: int,
+    min_visible: int,
+    height_range: tuple[float, float] | None = None,
 ) -> list[Figure]:
-    """Pose, size and place ``count`` people; each keeps ``min_visible`` keypoints in the image."""
-    min_h = min(40.0, 0.5 * height)
-    max_h = 0.9 * height
-    hi = max(min_h, max_h * min(1.0, 2.5 / np.sqrt(count)))
+    """Pose, size and place ``count`` people; each keeps ``min_visible`` keypoints in the image.
+
+    Standing heights are log-uniform. With ``height_range = (lo, hi)`` they lie in
+    ``[lo, hi] x image height`` whatever the count; without it (the crowd level) in
+    ``[min(40 px, H/2), 0.9 H x min(1, 2.5 / sqrt(count))]``, so that crowded images hold smaller people.
+    """
+    if height_range is None:
+        min_h = min(40.0, 0.5 * height)
+        max_h = 0.9 * height
+        hi = max(min_h, max_h * min(1.0, 2.5 / np.sqrt(count)))
+    else:
+        lo_frac, hi_frac = height_range
+        if not 0.0 < lo_frac <= hi_frac:
+            raise ValueError(
+                f"height_range must be 0 < lo <= hi (fractions of the image height), got {height_range}"
+            )
+        min_h, max_h = lo_frac * height, hi_frac * height
+        hi = max_h
     crowd = count >= 3 and rng.random() < 0.6
     base = float(np.exp(rng.uniform(np.log(min_h), np.log(hi))))
     cluster = np.array([rng.uniform(0.2, 0.8) * width, rng.uniform(0.35, 0.65) * height])
@@ -485,14 +504,23 @@ def visibility_flags(keypoints: np.ndarray, masks: list[np.ndarray], width: int,
 
 
 def render_scene(
-    rng: np.random.Generator, spec: KeypointSpec, width: int, height: int, max_people: int
+    rng: np.random.Generator,
+    spec: KeypointSpec,
+    width: int,
+    height: int,
+    max_people: int,
+    height_range: tuple[float, float] | None = None,
 ) -> tuple[Image.Image, list[RenderedPerson]]:
-    """Render one image with 1..``max_people`` people; people are returned in drawing order."""
+    """Render one image with 1..``max_people`` people; people are returned in drawing order.
+
+    ``height_range``: people's standing heights as fractions of the image height (see
+    :func:`sample_figures`; ``None`` is the crowd level).
+    """
     names = spec_body_points(spec)
     canvas = make_background(rng, width, height)
     count = int(rng.integers(1, max_people + 1))
     min_visible = max(1, len(names) // 3)
-    figures = sample_figures(rng, width, height, count, min_visible)
+    figures = sample_figures(rng, width, height, count, min_visible, height_range)
     # farther people (feet higher in the image) are drawn first
     bottoms = [figure_extent(f)[3] + rng.normal(0.0, 0.03 * height) for f in figures]
     figures = [figures[i] for i in np.argsort(bottoms, kind="stable")]
