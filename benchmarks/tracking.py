@@ -179,7 +179,7 @@ def markdown(record: dict) -> str:
         "",
         "## (a) Tracker alone, on ground-truth poses",
         "",
-        "| input | HOTA | DetA | AssA | MOTA | IDF1 | ID switches | per 100 person-frames | person-frames | ms/frame |",
+        "| input | HOTA | DetA | AssA | MOTA | IDF1 | ID switches | per 100 person-frames | person-frames | wall ms/frame (mean) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["gt_input"]:
