@@ -1,0 +1,96 @@
+"""Process-level plumbing of a training run: torchrun / DDP set-up, stop signals, RNG state.
+
+Kept apart from the loop in ``grmpose/train.py``; nothing here knows about models or data.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
+    """Initialise the process group when launched by torchrun; choose the device honestly."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for, but CUDA is not available on this machine")
+        device = torch.device("cuda", local_rank if world > 1 else (torch.device(device_name).index or 0))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device(device_name)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local_rank), device
+
+
+# ---------------------------------------------------------------------------- stop signals
+class StopSignals:
+    """SIGTERM / SIGINT set ``received`` (the loop stops after the current step); a second one
+    raises KeyboardInterrupt at once. Installed only in the main thread; restored on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped without a checkpoint")
+        self.received = signum
+
+    def __exit__(self, *exc) -> bool:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGINT to the main process, which ends them after its checkpoint.
+
+    (torchrun signals each rank's whole process group, and a terminal's Ctrl-C reaches every
+    process: a worker killed mid-batch would make the main process fail instead of stopping cleanly.)
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# ---------------------------------------------------------------------------- RNG state
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
