@@ -3,9 +3,9 @@
 Two formats:
 * ``*.safetensors`` -- weights for sharing: the tensors plus the resolved model config and keypoint
   spec as JSON in the file's metadata (and nothing executable).
-* ``*.pt`` -- training checkpoints (weights, optimiser, scheduler, RNG states, progress). They hold
-  only tensors, numbers, strings, lists and dicts, so they load with
-  ``torch.load(weights_only=True)``, which never unpickles arbitrary objects.
+* ``*.pt`` -- training checkpoints (weights, optimiser, AMP scaler, EMA weights, RNG states,
+  progress, training time so far). They hold only tensors, numbers, strings, lists and dicts, so
+  they load with ``torch.load(weights_only=True)``, which never unpickles arbitrary objects.
 
 Every write goes to a temporary file in the same folder and is renamed into place, so a crash
 never leaves a half-written checkpoint.
