@@ -78,14 +78,17 @@ def trained_steps(run: Path) -> int:
 
 
 def test_sigterm_mid_epoch_writes_a_checkpoint_and_resume_is_bit_identical(synth, reference, tmp_path):
-    """No periodic checkpoints: the last.pt must come from the signal handler's stop."""
+    """No periodic checkpoints: the last.pt must come from the signal handler's stop. One DataLoader
+    worker, and the signal goes to the whole process group, as torchrun and Slurm send it: the
+    worker must leave the stop to the main process instead of dying under it."""
     run = tmp_path / "run"
-    argv = train_argv(synth, run, "--checkpoint-every", "0", "--log-every", "1")
+    argv = train_argv(synth, run, "--checkpoint-every", "0", "--log-every", "1", "--workers", "1")
     victim = subprocess.Popen(
-        argv, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        argv, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
     wait_for(lambda: trained_steps(run) >= 1, victim, "training step")
-    victim.send_signal(signal.SIGTERM)
+    os.killpg(victim.pid, signal.SIGTERM)
     out, err = victim.communicate(timeout=120)
     assert victim.returncode == 128 + signal.SIGTERM, err[-3000:]
     summary = json.loads(out)
