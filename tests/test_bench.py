@@ -89,3 +89,28 @@ def test_yolo_row_has_latency_and_ratio_when_ultralytics_is_installed() -> None:
     assert eager["status"] == "ok", eager
     assert eager["median_ms"] > 0 and eager["params"] > 1e6  # yolo11n-pose: about 2.9 M parameters
     assert math.isclose(eager["median_ms_vs_dekr-w32"], eager["median_ms"] / 100.0)
+
+
+def test_scaling_points_cover_both_sweeps() -> None:
+    from benchmarks.scaling import points
+
+    got = points(("a",), (256, 512, 1024), (1, 4), grid=False, reference_size=512)
+    assert got == [("a", 256, 1), ("a", 512, 1), ("a", 1024, 1), ("a", 512, 4)]  # (512, 1) once
+    assert len(points(("a", "b"), (256, 512), (1, 2, 4), grid=True, reference_size=512)) == 2 * 2 * 3
+
+
+def test_scaling_run_writes_table_and_plot(tmp_path) -> None:
+    import pytest
+
+    from benchmarks.scaling import run as run_scaling
+
+    result = run_scaling(("tiny",), (64,), (1, 2), reference_size=64, repeats=1, warmup=0, out_dir=tmp_path)
+    rows = result["rows"]
+    assert [(r["size"], r["batch"]) for r in rows] == [(64, 1), (64, 2)]
+    for r in rows:
+        assert _positive(r["median_ms"]) and _positive(r["peak_rss_mib"]), r
+        assert r["ms_per_image"] == pytest.approx(r["median_ms"] / r["batch"])
+    table = (tmp_path / "scaling.md").read_text()
+    assert "| tiny | 64 | 2 |" in table
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
