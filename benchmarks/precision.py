@@ -128,6 +128,53 @@ def run(
     return result
 
 
+def latency_only(preset: str = "grmpose-w32", threads: int = 2, repeats: int = 5, warmup: int = 1,
+                 calibration_images: int = 8, input_size: int | None = None) -> dict:  # fmt: skip
+    """Latency of the variants for a preset's random weights (no AP: that needs a trained model), for
+    ``benchmarks.run_all``. Calibration images are synthetic crowds at the input size.
+
+    Returns:
+        ``{"preset", "input_size", "rows": {variant: {"median_ms", "min_ms", "vs_fp32"}}, "quantized_ops",
+        "kept_fp32_ops", "export_s", "quantize_s"}``.
+    """
+    from grmpose.api import OnnxForward, TorchForward
+    from grmpose.bench import peak_rss_mib
+    from grmpose.config import get_preset
+    from grmpose.data.synthetic import generate
+    from grmpose.export import export_onnx, quantize_int8
+    from grmpose.fuse import fuse_model
+    from grmpose.model.net import build_model
+
+    torch.set_num_threads(threads)
+    size = input_size or get_preset(preset).input_size
+    torch.manual_seed(0)
+    model = build_model(preset, "coco").eval()
+    with tempfile.TemporaryDirectory(prefix="grmpose-precision-") as tmp:
+        generate(f"{tmp}/data", "coco", calibration_images, 1, 0, image_size=size, max_people=8)
+        images = sorted((Path(tmp) / "data" / "train").glob("*.jpg"))
+        t0 = time.perf_counter()
+        fp32_path = export_onnx(copy.deepcopy(model), Path(tmp) / "fp32.onnx", input_size=size)
+        export_s, t0 = time.perf_counter() - t0, time.perf_counter()
+        report = quantize_int8(fp32_path, Path(tmp) / "int8.onnx", images, size)
+        quantize_s = time.perf_counter() - t0
+        fused = fuse_model(model)
+        forwards = {
+            "torch float32": TorchForward(copy.deepcopy(fused), "cpu"),
+            "torch bfloat16": TorchForward(copy.deepcopy(fused), "cpu", "bfloat16"),
+            "onnxruntime float32": OnnxForward(fp32_path),
+            "onnxruntime int8": OnnxForward(Path(tmp) / "int8.onnx"),
+        }
+        x = torch.randn(1, 3, size, size)
+        rows = _interleaved({name: (lambda f=f: f(x)) for name, f in forwards.items()}, repeats, warmup)
+    for name, row in rows.items():
+        ref = rows["onnxruntime float32" if name.startswith("onnxruntime") else "torch float32"]
+        row["vs_fp32"] = row["median_ms"] / ref["median_ms"]
+    return {"preset": preset, "input_size": size, "threads": threads, "rows": rows,
+            "quantized_ops": report.quantized_ops, "kept_fp32_ops": report.kept_fp32_ops, "export_s": export_s,
+            "quantize_s": quantize_s, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "peak_rss_mib": peak_rss_mib()}  # fmt: skip
+
+
 def markdown(result: dict) -> str:
     lines = [f"# fp32, int8 and bf16 ({result['date']})", "",
              f"`{result['checkpoint']}` on `{result['data']}` ({result['split']}, {result['rows']['torch float32']['images']} "

@@ -1,6 +1,6 @@
 """Run every benchmark and write ``benchmarks/results/bench.json`` and ``bench.md``.
 
-    python -m benchmarks.run_all            # the full run (~20 min on 2 cores)
+    python -m benchmarks.run_all            # the full run (~45 min on 2 cores)
     python -m benchmarks.run_all --quick    # smoke test: tiny only, few repeats, small streams
 
 All figures of one file come from one run on one machine; compare them as ratios.
@@ -40,6 +40,7 @@ def run(
     threads: int = 2,
     quick_backends: tuple[str, ...] = ("eager", "onnxruntime"),
     training: bool = True,
+    extras: bool = True,
 ) -> dict:
     """Run the suite; returns the results dict (also written to ``out_dir``).
 
@@ -47,6 +48,8 @@ def run(
         quick: smoke test (tiny at 128 only, few repeats, a 300-image evaluation stream).
         quick_backends: backends of the quick model run (tests use eager only, to stay fast).
         training: include the training memory/throughput children.
+        extras: include precision (int8/bf16 latency), folder throughput and the scaling sweep
+            (``extras_section``).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
@@ -85,6 +88,8 @@ def run(
         people=(1, 30) if quick else (1, 5, 10, 20, 30), repeats=3 if quick else 20, threads=threads
     )
     result["memory"] = memory_section(quick, threads, training)
+    if extras:
+        result.update(extras_section(quick, threads, out_dir))
     result["machine"]["load_average_end"] = load_average()
     write_results_json(out_dir / "bench.json", result, "benchmarks.run_all", indent=1, default=float)
     (out_dir / "bench.md").write_text(markdown(result))
@@ -104,6 +109,32 @@ def yolo_rows(
     rows = bench_yolo(yolo_models, threads=threads, repeats=repeats, warmup=warmup, backends=backends)
     add_ratios([*(r for r in models if r["preset"] == REFERENCE), *rows], keys=("median_ms",))
     return rows
+
+
+def extras_section(quick: bool, threads: int, out_dir: Path) -> dict:
+    """Issue 12's measurements, each in child processes: fp32/bf16/int8 latency (random weights; AP needs
+    ``benchmarks.precision`` with a trained checkpoint), folder throughput of ``grmpose predict`` and the
+    size/batch scaling sweep (which also writes ``scaling.png`` into ``out_dir``)."""
+    presets = ("tiny",) if quick else ("grmpose-w32", "dekr-w32")
+    size = 128 if quick else None
+    precision = [
+        run_child("benchmarks.precision", "latency_only",
+                  {"preset": p, "threads": threads, "repeats": 2 if quick else 5, "calibration_images": 2 if quick else 8,
+                   "input_size": size}, threads, 1800)
+        for p in presets
+    ]  # fmt: skip
+    kwargs = ({"preset": "tiny", "images": 16, "image_size": 256} if quick else {"preset": "grmpose-w32", "images": 100,
+              "image_size": 512})  # fmt: skip
+    throughput = run_child("benchmarks.throughput", "run", {**kwargs, "batch": 8, "workers": 2, "threads": threads,
+                                                           "out_dir": str(out_dir)}, threads, 3600)  # fmt: skip
+    from benchmarks import scaling
+
+    if quick:
+        sweep = scaling.run(("tiny",), (64, 128), (1, 2), reference_size=128, repeats=1, warmup=0, threads=threads,
+                            out_dir=out_dir)  # fmt: skip
+    else:
+        sweep = scaling.run(threads=threads, out_dir=out_dir)
+    return {"precision": precision, "throughput": throughput, "scaling": sweep}
 
 
 def memory_section(quick: bool, threads: int, training: bool = True) -> dict:
@@ -268,7 +299,48 @@ def markdown(result: dict) -> str:
     for w in mem.get("train_workers", []):
         lines.append(f"* workers {w.get('workers')}: train {_f(w.get('train_images_per_s'), 2)} img/s, "
                      f"loader alone {_f(w.get('loader_images_per_s'), 1)} img/s {w.get('reason', '')}")  # fmt: skip
+    lines += extras_markdown(result)
     return "\n".join(lines) + "\n"
+
+
+def extras_markdown(result: dict) -> list[str]:
+    """The precision, throughput and scaling sections (issue 12), when measured."""
+    lines: list[str] = []
+    if result.get("precision"):
+        lines += ["", "## fp32, bf16 and int8 (batch 1, random weights: latency only; interleaved, median ms)", "",
+                  "| preset | input | torch fp32 | torch bf16 | ORT fp32 | ORT int8 | int8 vs ORT fp32 | bf16 vs torch fp32 |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for p in result["precision"]:
+            if "rows" not in p:
+                lines.append(f"| {p.get('preset', '?')} | n/a: {p.get('reason', '')} | | | | | | |")
+                continue
+            r = p["rows"]
+            lines.append(f"| {p['preset']} | {p['input_size']} | {r['torch float32']['median_ms']:.0f} | "
+                         f"{r['torch bfloat16']['median_ms']:.0f} | {r['onnxruntime float32']['median_ms']:.0f} | "
+                         f"{r['onnxruntime int8']['median_ms']:.0f} | {r['onnxruntime int8']['vs_fp32']:.2f} | "
+                         f"{r['torch bfloat16']['vs_fp32']:.2f} |")  # fmt: skip
+        kept = next((p["kept_fp32_ops"] for p in result["precision"] if "kept_fp32_ops" in p), None)
+        if kept is not None:
+            lines += ["", f"int8 keeps in float32 (compute nodes): {kept}; CPU capability "
+                      f"{result['precision'][0].get('cpu_capability')}."]  # fmt: skip
+    t = result.get("throughput")
+    if t and "rows" in t:
+        lines += ["", f"## Folder throughput ({t['preset']}, {t['rows'][0]['images']} images of {t['image_size']} px)", "",
+                  "| batch | workers | images/s | vs batch 1, workers 0 |", "|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['batch_size']} | {r['workers']} | {r['images_per_s']:.2f} | {r['vs_batch_1_workers_0']:.2f} |"
+                  for r in t["rows"]]  # fmt: skip
+    elif t:
+        lines += ["", f"Folder throughput: n/a ({t.get('reason', '')})"]
+    sc = result.get("scaling")
+    if sc:
+        lines += ["", "## Cost against input size and batch (eager, ms per image / peak RSS MiB)", ""]
+        lines += [f"* {r['preset']} {r['size']} px, batch {r['batch']}: {r['ms_per_image']:.0f} ms/image, "
+                  f"{r['peak_rss_mib']:.0f} MiB" if "median_ms" in r else
+                  f"* {r['preset']} {r['size']} px, batch {r['batch']}: n/a ({r.get('reason', '')})"
+                  for r in sc["rows"]]  # fmt: skip
+        if sc.get("plot"):
+            lines += ["", f"Plot: `{sc['plot']}`"]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,6 +34,7 @@ def run(preset: str = "grmpose-w32", images: int = 100, image_size: int = 512, b
     from grmpose.predict import predict_main
 
     torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
     rows = []
     with tempfile.TemporaryDirectory(prefix="grmpose-throughput-") as tmp:
         generate(f"{tmp}/data", "coco", images, 1, 0, image_size=image_size, max_people=8)

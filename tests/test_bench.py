@@ -43,7 +43,7 @@ def test_crowd_maps_decode_every_person() -> None:
 
 def test_quick_run_structure(tmp_path) -> None:
     torch.set_num_threads(2)
-    result = run(quick=True, out_dir=tmp_path, quick_backends=("eager",), training=False)
+    result = run(quick=True, out_dir=tmp_path, quick_backends=("eager",), training=False, extras=False)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["quick"] is True
     assert "| tiny | eager |" in (tmp_path / "bench.md").read_text()
