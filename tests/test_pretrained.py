@@ -202,6 +202,8 @@ def assert_same_features(ours: list[torch.Tensor], ref: list[torch.Tensor]) -> N
 
 # ------------------------------------------------------------------ tests
 def test_dekr_w32_computes_the_official_hrnet_w32(ref_w32, ref_w32_file, caplog):
+    # the reference has HRNet-W32-C's size in HRNet-Image-Classification's README: 41.2 M parameters
+    assert abs(sum(p.numel() for p in ref_w32.parameters()) - 41.2e6) < 0.05e6
     path = ref_w32_file
     model = build_model("dekr-w32")
     with caplog.at_level("INFO", logger="grmpose.pretrained"):
