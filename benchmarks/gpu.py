@@ -158,7 +158,7 @@ def _bf16_step(
     loss, _ = total_loss(tuple(o.float() for o in outputs), batch["targets"], LossWeights())
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def train_case(
