@@ -70,7 +70,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             reduce_range=not args.full_range,
         )  # fmt: skip
         write_sidecar(args.output, config, spec, opset=args.opset, precision="int8")
-        print(f"wrote {report.path} (int8 QDQ, per-channel weights, {report.calibration_images} calibration images)")
+        print(
+            f"wrote {report.path} (int8 QDQ, per-channel weights, {report.calibration_images} calibration images)"
+        )
         print("int8 nodes: " + ", ".join(f"{op} {n}" for op, n in report.quantized_ops.items()))
         print("float32 compute nodes: " + ", ".join(f"{op} {n}" for op, n in report.kept_fp32_ops.items()))
         return 0
@@ -326,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-fp32", nargs="*", default=["GridSample"], metavar="OP",
         help="ONNX op types left in float32 with their input paths (default: GridSample)",
     )  # fmt: skip
-    p.add_argument("--full-range", action="store_true", help="8-bit weights (default 7-bit: no VNNI overflow)")
+    p.add_argument(
+        "--full-range", action="store_true", help="8-bit weights (default 7-bit: no VNNI overflow)"
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("synth", help="generate a synthetic crowd dataset (COCO format + dataset.yaml)")
