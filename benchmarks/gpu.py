@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import logging
 import platform
 import socket
@@ -46,6 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from benchmarks.provenance import write_results_json
 from grmpose.api import OnnxForward, TorchForward
 from grmpose.losses import LossWeights, collate_targets, total_loss
 from grmpose.model.net import build_model
@@ -367,7 +367,7 @@ def run(cfg: GpuConfig, device: str, out_dir: Path) -> dict:
         "rows": rows,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "gpu.json").write_text(json.dumps(result, indent=1, default=str))
+    write_results_json(out_dir / "gpu.json", result, "benchmarks.gpu", indent=1)
     (out_dir / "gpu.md").write_text(markdown(result))
     return result
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import logging
 import os
 import statistics
@@ -29,6 +28,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.provenance import write_results_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -123,7 +124,7 @@ def run(
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rows": rows,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "precision.json").write_text(json.dumps(result, indent=1))
+    write_results_json(out_dir / "precision.json", result, "benchmarks.precision", indent=1, default=None)
     (out_dir / "precision.md").write_text(markdown(result))
     return result
 

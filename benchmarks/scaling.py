@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import os
 from pathlib import Path
 
 import torch
 
+from benchmarks.provenance import write_results_json
 from grmpose.bench import peak_rss_mib, rss_mib, run_child, time_calls
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -88,7 +88,7 @@ def run(presets=PRESETS, sizes=SIZES, batches=BATCHES, reference_size: int = 512
         "load_average": [round(x, 2) for x in os.getloadavg()], "reference_size": reference_size, "rows": rows,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "scaling.json").write_text(json.dumps(result, indent=1))
+    write_results_json(out_dir / "scaling.json", result, "benchmarks.scaling", indent=1, default=None)
     result["plot"] = plot(result, out_dir / "scaling.png")
     (out_dir / "scaling.md").write_text(markdown(result))
     return result

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import tempfile
 from pathlib import Path
 
 import torch
+
+from benchmarks.provenance import write_results_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -52,7 +53,7 @@ def run(preset: str = "grmpose-w32", images: int = 100, image_size: int = 512, b
         "load_average": [round(v, 2) for v in os.getloadavg()], "rows": rows,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "throughput.json").write_text(json.dumps(result, indent=1))
+    write_results_json(out_dir / "throughput.json", result, "benchmarks.throughput", indent=1, default=None)
     (out_dir / "throughput.md").write_text(markdown(result))
     return result
 
