@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -275,18 +276,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from grmpose.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(
-        out=args.out, minutes=args.minutes, train_images=args.train_images, val_images=args.val_images,
+        out=args.out, train_images=args.train_images, val_images=args.val_images,
         seed=args.seed, progress=not args.quiet, workers=args.workers,
     )  # fmt: skip
+    if args.minutes is not None:
+        cfg = dataclasses.replace(cfg, minutes=args.minutes)
     result = run_demo(cfg)
     from grmpose.evaluate import format_metrics
 
     m = result["metrics"]
     t = result["train"]
     print(f"trained tiny for {t['minutes']:.1f} min: {t['steps']} steps, {t['images_per_s']:.1f} images/s")
-    print(f"held-out synthetic crowds ({m['images']} images, flip test):")
+    print(f"held-out synthetic people ({m['images']} images from another seed, flip test):")
     print(format_metrics({k: v for k, v in m.items() if not k.startswith("images") and k != "results"}))
+    met = "met" if m["AP"] >= result["goal_AP"] else "NOT met"
+    print(f"AP {m['AP']:.3f} against the goal of {result['goal_AP']:g}: {met}")
     print(f"pictures: {Path(result['pictures'][0]).parent if result['pictures'] else '-'}")
+    if result.get("learning_curve"):
+        print(f"learning curve: {result['learning_curve']}")
     print(f"everything: {Path(args.out) / 'demo.json'}")
     return 0
 
@@ -495,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the main job: synthetic crowds -> train tiny on CPU -> evaluate -> pictures"
     )
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--minutes", type=float, default=5.0, help="training time budget")
+    p.add_argument("--minutes", type=float, default=None, help="training time budget (default: the demo's)")
     p.add_argument("--train-images", type=int, default=2000)
     p.add_argument("--val-images", type=int, default=200)
     p.add_argument("--workers", type=int, default=1)

@@ -29,6 +29,8 @@ class ModelConfig:
         head_channels: heatmap branch width (DEKR: C).
         offset_channels_per_kpt: channels of each keypoint's offset sub-branch (DEKR: 15).
         offset_blocks: adaptive-conv blocks per keypoint (DEKR: 2).
+        offset_unit: the offset head's last conv predicts offsets in units of this many map pixels
+            (DEKR: 1); a larger unit is a larger step for that layer (``grmpose.model.heads``).
     """
 
     width: int = 32
@@ -41,6 +43,7 @@ class ModelConfig:
     head_channels: int = 32
     offset_channels_per_kpt: int = 15
     offset_blocks: int = 2
+    offset_unit: float = 1.0
 
     def __post_init__(self) -> None:
         if len(self.blocks) != 4 or any(len(b) != i + 1 for i, b in enumerate(self.blocks)):

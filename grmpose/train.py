@@ -117,6 +117,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warmup from lr / warmup_steps to lr over this many steps
     min_lr_ratio: float = 0.01  # cosine ends at lr * min_lr_ratio
     ema: float = 0.0  # decay of the weights' moving average; 0 = off
+    offset_mean_pose: bool = False  # start the offset head's bias at the data's mean pose (not DEKR's 0)
 
     def __post_init__(self) -> None:
         check_train_config(self)
@@ -192,6 +193,24 @@ class TargetCollate:
         ]
         batch["targets"] = collate_targets(targets)
         return batch
+
+
+def mean_offsets(
+    dataset: PoseDataset, collate_fn: TargetCollate, batch_size: int, images: int = 64
+) -> torch.Tensor:
+    """The mean pose of the training data as offsets: per offset channel (2K), the weighted mean of
+    the offset targets over the first ``images`` samples of epoch 0 (0 where no person has the joint).
+
+    It starts the offset head's bias at the mean pose (``OffsetHead.set_offset_bias``).
+    """
+    total, weight = None, None
+    count = min(images, len(dataset))
+    for lo in range(0, count, batch_size):
+        batch = collate_fn([dataset[i] for i in range(lo, min(lo + batch_size, count))])
+        off, w = batch["targets"]["offsets"], batch["targets"]["offset_weights"]
+        s, n = (off * w).sum((0, 2, 3)), w.sum((0, 2, 3))
+        total, weight = (s, n) if total is None else (total + s, weight + n)
+    return torch.where(weight > 0, total / weight.clamp(min=1e-12), torch.zeros_like(total))
 
 
 def epoch_order(n: int, seed: int, epoch: int, batch: int, rank: int, world: int) -> list[list[int]]:
@@ -376,6 +395,8 @@ def train(cfg: TrainConfig) -> dict:
 
     dataset = PoseDataset(records, spec, model_cfg.input_size, augment=cfg.augment, seed=cfg.seed)
     collate_fn = TargetCollate(model_cfg.input_size // OUTPUT_STRIDE, center_sigma)
+    if cfg.offset_mean_pose and state is None:  # every rank computes the same mean from the same samples
+        unwrap(model).offset_head.set_offset_bias(mean_offsets(dataset, collate_fn, cfg.batch_size))
     runlog = RunLog(out, info.main)
     if info.main:
         resolved = {
@@ -553,7 +574,14 @@ def train(cfg: TrainConfig) -> dict:
                 last_val = _validate(shared, cfg, spec, model_cfg.input_size, device, info, out)
                 if info.main and last_val:
                     runlog.write(
-                        {"kind": "val", "epoch": epoch, "step": global_step, **last_val}, global_step
+                        {
+                            "kind": "val",
+                            "epoch": epoch,
+                            "step": global_step,
+                            "minutes": elapsed / 60,
+                            **last_val,
+                        },
+                        global_step,
                     )
                     ap = last_val.get("AP", -1.0)
                     if ap > best_ap:

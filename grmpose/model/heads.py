@@ -5,6 +5,14 @@
 * offset branch: 1x1 conv-BN-ReLU to K x c; each keypoint's c-channel slice goes through
   ``offset_blocks`` adaptive blocks and a 1x1 conv to its 2 offset maps (x, y). All keypoints run
   as one grouped operation (groups never mix), which is DEKR's per-keypoint branch, batched.
+
+Offset unit. The offsets are regressed in map pixels (DEKR), but the last 1x1 conv predicts them in
+units of ``unit`` map pixels: ``offsets = unit * conv(y)``. It is a reparametrisation, the same
+function class, that multiplies the last layer's effective step by ``unit``: under Adam every
+weight moves by about the learning rate per step, so with ``unit = 1`` a 1x1 conv from default-sized
+features needs thousands of steps to reach offsets of 10-30 map pixels, and the network sits at the
+mean pose meanwhile (``benchmarks/results/learning_levers.md``). ``unit = 1`` is DEKR's head.
+``set_offset_bias`` starts the bias at a given mean pose (in map pixels) instead of 0.
 """
 
 from __future__ import annotations
@@ -31,8 +39,11 @@ class HeatmapTagHead(nn.Module):
 
 
 class OffsetHead(nn.Module):
-    def __init__(self, in_channels: int, channels_per_kpt: int, num_blocks: int, num_keypoints: int) -> None:
+    def __init__(
+        self, in_channels: int, channels_per_kpt: int, num_blocks: int, num_keypoints: int, unit: float = 1.0
+    ) -> None:
         super().__init__()
+        self.unit = float(unit)
         k, c = num_keypoints, channels_per_kpt
         self.transition = conv_bn(in_channels, k * c, kernel=1)
         self.blocks = nn.Sequential(*[AdaptiveBlock(c, groups=k) for _ in range(num_blocks)])
@@ -48,4 +59,14 @@ class OffsetHead(nn.Module):
         out = grouped_linear(
             self.offset.weight.reshape(k, 2, c), y.reshape(b, k, c, h * w), self.offset.bias.reshape(k, 2)
         )
-        return out.reshape(b, 2 * k, h, w)
+        out = out.reshape(b, 2 * k, h, w)
+        return out * self.unit if self.unit != 1.0 else out
+
+    @torch.no_grad()
+    def set_offset_bias(self, mean_offsets: torch.Tensor) -> None:
+        """Start from a mean pose: the bias is set so that all-zero features give ``mean_offsets``.
+
+        Args:
+            mean_offsets: 2K, ``cell - keypoint`` in map pixels (x, y per keypoint).
+        """
+        self.offset.bias.copy_(torch.as_tensor(mean_offsets, dtype=self.offset.bias.dtype) / self.unit)

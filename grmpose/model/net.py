@@ -34,7 +34,7 @@ class GRMPoseNet(nn.Module):
         head_in = self.grm.out_channels if self.grm is not None else p3_channels
         self.heatmap_head = HeatmapTagHead(head_in, config.head_channels, num_keypoints)
         self.offset_head = OffsetHead(
-            head_in, config.offset_channels_per_kpt, config.offset_blocks, num_keypoints
+            head_in, config.offset_channels_per_kpt, config.offset_blocks, num_keypoints, config.offset_unit
         )
         # DEKR's initialisation (convs N(0, 0.001), BN 1/0, then each module's special_init());
         # grmpose.load_pretrained overwrites the backbone with ImageNet weights afterwards.
