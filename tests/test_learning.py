@@ -1,0 +1,98 @@
+"""The levers that make short runs learn: offset unit, mean-pose bias, learning curve, demo level."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from grmpose.config import get_preset
+from grmpose.data.coco import load_coco_keypoints, resolve_dataset
+from grmpose.data.dataset import PoseDataset
+from grmpose.data.synthetic import generate
+from grmpose.learning_curve import learning_curve, write_learning_curve
+from grmpose.model.net import GRMPoseNet
+from grmpose.train import TargetCollate, mean_offsets
+
+SIZE = 64
+
+
+def tiny(unit: float) -> GRMPoseNet:
+    torch.manual_seed(0)
+    return GRMPoseNet(dataclasses.replace(get_preset("tiny"), input_size=SIZE, offset_unit=unit), 17).eval()
+
+
+def test_offset_unit_scales_the_last_conv_and_nothing_else():
+    """offsets = unit * (last conv of the same features): with the same weights, unit 8 gives 8x the
+    offsets of unit 1, and the same heatmaps and tags."""
+    one, eight = tiny(1.0), tiny(8.0)
+    eight.load_state_dict(one.state_dict())
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        h1, o1, t1 = one(x)
+        h8, o8, t8 = eight(x)
+    torch.testing.assert_close(o8, 8.0 * o1)
+    torch.testing.assert_close(h8, h1)
+    torch.testing.assert_close(t8, t1)
+
+
+def test_offset_bias_gives_the_mean_pose_from_zero_features():
+    model = tiny(8.0)
+    mean = torch.linspace(-10.0, 10.0, 34)
+    model.offset_head.set_offset_bias(mean)
+    head = model.offset_head
+    k, c = head.num_keypoints, head.channels
+    zero = torch.zeros(1, k * c, 4, 4)
+    with torch.no_grad():  # the last layer alone, as OffsetHead.forward applies it
+        out = torch.einsum("goi,bgin->bgon", head.offset.weight.reshape(k, 2, c), zero.reshape(1, k, c, 16))
+        out = (out + head.offset.bias.reshape(k, 2)[:, :, None]).reshape(1, 2 * k, 4, 4) * head.unit
+    torch.testing.assert_close(out[0, :, 2, 3], mean)
+
+
+@pytest.fixture(scope="module")
+def demo_level_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("levels")
+    generate(out, "coco", 12, 2, seed=3, image_size=(96, 80), max_people=3, height_range=(0.4, 0.9))
+    return out
+
+
+def test_mean_offsets_is_the_weighted_mean_of_the_targets(demo_level_data):
+    """Against a loop over every cell of every sample's targets."""
+    ann, images, spec = resolve_dataset(str(demo_level_data), "train")
+    dataset = PoseDataset(load_coco_keypoints(ann, images, spec), spec, SIZE, augment=True, seed=0)
+    collate = TargetCollate(SIZE // 4, 4.0)
+    got = mean_offsets(dataset, collate, batch_size=5, images=12)
+    total, weight = np.zeros(34), np.zeros(34)
+    for i in range(12):
+        t = collate([dataset[i]])["targets"]
+        off, w = t["offsets"][0].numpy(), t["offset_weights"][0].numpy()
+        for ch in range(34):
+            for y in range(SIZE // 4):
+                for x in range(SIZE // 4):
+                    total[ch] += off[ch, y, x] * w[ch, y, x]
+                    weight[ch] += w[ch, y, x]
+    expected = np.where(weight > 0, total / np.maximum(weight, 1e-12), 0.0)
+    assert (weight > 0).sum() >= 20  # the synthetic people carry most joints
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_learning_curve_reads_val_records_and_plots(tmp_path):
+    records = [
+        {"kind": "train", "step": 10, "loss": 1.0},
+        {"kind": "val", "epoch": 0, "step": 20, "minutes": 1.5, "AP": 0.1, "AP50": 0.3},
+        {"kind": "epoch", "step": 20},
+        {"kind": "val", "epoch": 1, "step": 40, "minutes": 3.0, "AP": 0.25, "AP50": 0.5},
+    ]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    points = learning_curve(tmp_path / "log.jsonl")
+    assert points == [
+        {"minutes": 1.5, "step": 20, "AP": 0.1, "AP50": 0.3},
+        {"minutes": 3.0, "step": 40, "AP": 0.25, "AP50": 0.5},
+    ]
+    png = write_learning_curve(points, tmp_path / "c.json", tmp_path / "c.png", "test", goal=0.5)
+    assert json.loads((tmp_path / "c.json").read_text())["points"] == points
+    if png is not None:  # matplotlib is in the dev extra
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
