@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from benchmarks.provenance import write_results_json
 from grmpose.demo import DemoConfig, run_demo
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -40,7 +42,18 @@ def main(argv: list[str] | None = None) -> dict:
         "--offset-loss",
         type=float,
         default=DemoConfig.offset_loss,
-        help="offset loss factor (DEKR: 0.03; the demo's default for short runs: 0.5)",
+        help=f"offset loss factor (DEKR: 0.03; the demo's default for short runs: {DemoConfig.offset_loss:g})",
+    )
+    parser.add_argument(
+        "--height-range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="people's heights as fractions of the image height (default: the crowd level, smaller in crowds)",
+    )
+    parser.add_argument(
+        "--curve-images", type=int, default=100, help="held-out images per learning-curve point"
     )
     parser.add_argument("--tag", default="", help="suffix for the results files")
     args = parser.parse_args(argv)
@@ -48,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
         out=args.out, minutes=args.minutes, train_images=args.train_images, val_images=args.val_images,
         max_people=args.max_people, input_size=args.input_size, batch_size=args.batch_size,
         workers=args.workers, pictures=4, progress=False, offset_loss=args.offset_loss,
+        height_range=tuple(args.height_range) if args.height_range else None, curve_images=args.curve_images,
     )  # fmt: skip
     t0 = time.time()
     result = run_demo(cfg)
@@ -63,10 +77,15 @@ def main(argv: list[str] | None = None) -> dict:
         "train_images_per_s": result["train"]["images_per_s"],
         "eval": {k: v for k, v in m.items() if k != "results"},
         "wall_minutes": (time.time() - t0) / 60,
+        "learning_curve": json.loads((Path(args.out) / "learning_curve.json").read_text())["points"],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "train_synthetic" + (f"_{args.tag}" if args.tag else "")
     write_results_json(RESULTS / f"{name}.json", record, "benchmarks.train_synthetic", argv)
+    curve_png = Path(args.out) / "learning_curve.png"
+    if curve_png.is_file():  # the learning curve (AP against training minutes) beside the figures
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(curve_png, DOCS_IMAGES / f"learning_curve_{name}.png")
     rows = [f"| {k} | {v:.4f} |" for k, v in record["eval"].items() if isinstance(v, float)]
     (RESULTS / f"{name}.md").write_text(
         f"# tiny on synthetic crowds, {args.minutes:g} min of CPU training ({record['date']})\n\n"

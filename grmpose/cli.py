@@ -135,6 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         center_sigma=args.center_sigma, skip_empty_images=not args.keep_empty_images,
         optimizer=args.optimizer, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, ema=args.ema,
+        offset_mean_pose=args.offset_mean_pose,
         log_every=args.log_every, pretrained=args.pretrained,
     )  # fmt: skip
     summary = train(cfg)
@@ -379,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--offset-loss", type=float, default=0.03, help="offset loss factor (DEKR: 0.03)")
+    p.add_argument(
+        "--offset-mean-pose", action="store_true",
+        help="start the offset head's bias at the data's mean pose (DEKR: 0); for short runs",
+    )  # fmt: skip
     p.add_argument("--optimizer", choices=["adam", "adamw"], default="adam", help="DEKR: adam")
     p.add_argument(
         "--weight-decay", type=float, default=0.0, help="on conv/linear weights, not norms or biases"

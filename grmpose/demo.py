@@ -40,7 +40,7 @@ class DemoConfig:
     val_images: int = 200
     image_size: int = 256
     max_people: int = 5
-    height_range: tuple[float, float] = (0.25, 0.9)
+    height_range: tuple[float, float] | None = (0.25, 0.9)  # None: the crowd level
     input_size: int = 128
     batch_size: int = 8
     workers: int = 1
@@ -53,7 +53,7 @@ class DemoConfig:
     lr_schedule: str = "cosine"
     warmup_steps: int = 50
     ema: float = 0.0
-    offset_loss: float = 10.0
+    offset_loss: float = 30.0
     offset_mean_pose: bool = True
     curve_images: int = 50  # validation images per learning-curve point (no flip); 0 = no curve
 
@@ -70,7 +70,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     data = out / "data"
     marker = data / "demo_data.json"
     wanted = {"format": 3, "train": cfg.train_images, "val": cfg.val_images, "size": cfg.image_size, "seed": cfg.seed,
-              "max_people": cfg.max_people, "height_range": list(cfg.height_range)}  # fmt: skip
+              "max_people": cfg.max_people, "height_range": cfg.height_range and list(cfg.height_range)}  # fmt: skip
     if not (marker.is_file() and json.loads(marker.read_text()) == wanted):
         log.info("generating %d + %d synthetic images in %s", cfg.train_images, cfg.val_images, data)
         progress = None
