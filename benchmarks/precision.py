@@ -22,7 +22,6 @@ import copy
 import datetime
 import logging
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.provenance import write_results_json
+from grmpose.bench import _interleaved as bench_interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,16 +37,8 @@ log = logging.getLogger("benchmarks.precision")
 
 
 def _interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, dict]:
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(max(1, repeats)):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: {"median_ms": statistics.median(t), "min_ms": min(t)} for name, t in times.items()}
+    """The variants timed call by call, alternating (``grmpose.bench``'s interleaving)."""
+    return bench_interleaved(fns, repeats, warmup)
 
 
 def run(
