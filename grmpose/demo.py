@@ -86,6 +86,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         )  # fmt: skip
         marker.write_text(json.dumps(wanted))
     run = out / "run"
+    (run / "log.jsonl").unlink(missing_ok=True)  # a fresh run: the learning curve is read from this log
     summary = train(
         TrainConfig(
             data=str(data), out=str(run), preset="tiny", epochs=1000, batch_size=cfg.batch_size,
@@ -102,7 +103,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     curve = write_learning_curve(
         learning_curve(run / "log.jsonl"), out / "learning_curve.json", out / "learning_curve.png",
-        f"tiny at {cfg.input_size} px, demo level ({cfg.curve_images} held-out images per point, no flip)",
+        f"tiny at {cfg.input_size} px, {'demo' if cfg.height_range else 'crowd'} level "
+        f"({cfg.curve_images} held-out images per point, no flip)",
         goal=GOAL_AP,
     )  # fmt: skip
     pictures = draw_examples(checkpoint, data, out / "pictures", cfg.pictures, cfg.flip)
