@@ -96,3 +96,25 @@ def test_learning_curve_reads_val_records_and_plots(tmp_path):
     assert json.loads((tmp_path / "c.json").read_text())["points"] == points
     if png is not None:  # matplotlib is in the dev extra
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_end_to_end_writes_metrics_curve_and_pictures(tmp_path, capsys):
+    """The main job on a handful of small images: the CLI prints AP next to the goal, and the output
+    folder holds demo.json, the learning curve (one point per epoch) and the pictures."""
+    from grmpose.cli import main
+
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--minutes", "0.15", "--train-images", "16", "--val-images", "3",
+                 "--workers", "0", "--quiet"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "against the goal of 0.5" in printed
+    result = json.loads((out / "demo.json").read_text())
+    assert result["goal_AP"] == 0.5 and 0.0 <= result["metrics"]["AP"] <= 1.0
+    assert result["metrics"]["images"] == 3
+    points = json.loads((out / "learning_curve.json").read_text())["points"]
+    assert points and all(p["minutes"] >= 0 and 0.0 <= p["AP"] <= 1.0 for p in points)
+    assert [p["step"] for p in points] == sorted(p["step"] for p in points)
+    assert len(list((out / "pictures").glob("*.jpg"))) == 3
+    data = json.loads((out / "data" / "val.json").read_text())
+    assert data["info"]["max_people"] == 5 and data["info"]["height_range"] == [0.25, 0.9]
