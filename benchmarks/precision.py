@@ -29,16 +29,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.provenance import write_results_json
-from grmpose.bench import _interleaved as bench_interleaved
+from grmpose.bench import _interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 log = logging.getLogger("benchmarks.precision")
-
-
-def _interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, dict]:
-    """The variants timed call by call, alternating (``grmpose.bench``'s interleaving)."""
-    return bench_interleaved(fns, repeats, warmup)
 
 
 def run(

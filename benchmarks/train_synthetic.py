@@ -23,7 +23,6 @@ import torch
 
 from benchmarks.provenance import write_results_json
 from grmpose.demo import DemoConfig, run_demo
-from grmpose.learning_curve import learning_curve
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
@@ -78,9 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_images_per_s": result["train"]["images_per_s"],
         "eval": {k: v for k, v in m.items() if k != "results"},
         "wall_minutes": (time.time() - t0) / 60,
-        "learning_curve": learning_curve(Path(args.out) / "run" / "log.jsonl")
-        if (Path(args.out) / "run" / "log.jsonl").is_file()
-        else [],
+        "learning_curve": result.get("learning_curve_points", []),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "train_synthetic" + (f"_{args.tag}" if args.tag else "")

@@ -86,7 +86,6 @@ def run_demo(cfg: DemoConfig) -> dict:
         )  # fmt: skip
         marker.write_text(json.dumps(wanted))
     run = out / "run"
-    (run / "log.jsonl").unlink(missing_ok=True)  # a fresh run: the learning curve is read from this log
     summary = train(
         TrainConfig(
             data=str(data), out=str(run), preset="tiny", epochs=1000, batch_size=cfg.batch_size,
@@ -101,8 +100,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     metrics = evaluate_checkpoint(
         checkpoint, str(data), split="val", out=out / "eval", flip=cfg.flip, progress=cfg.progress
     )
+    points = learning_curve(run / "log.jsonl")  # a new run starts a new log (grmpose.train.RunLog)
     curve = write_learning_curve(
-        learning_curve(run / "log.jsonl"), out / "learning_curve.json", out / "learning_curve.png",
+        points, out / "learning_curve.json", out / "learning_curve.png",
         f"tiny at {cfg.input_size} px, {'demo' if cfg.height_range else 'crowd'} level "
         f"({cfg.curve_images} held-out images per point, no flip)",
         goal=GOAL_AP,
@@ -114,6 +114,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "train": summary,
         "pictures": [str(p) for p in pictures],
         "learning_curve": str(curve) if curve else None,
+        "learning_curve_points": points,
         "config": cfg.__dict__,
     }
     (out / "demo.json").write_text(json.dumps(result, indent=2))

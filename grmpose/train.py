@@ -298,10 +298,13 @@ def make_grad_scaler(use_amp: bool, device: torch.device) -> torch.amp.GradScale
 class RunLog:
     """JSON lines + optional TensorBoard, written by rank 0 only."""
 
-    def __init__(self, out: Path, enabled: bool) -> None:
+    def __init__(self, out: Path, enabled: bool, fresh: bool = True) -> None:
+        """``fresh``: a new run starts a new ``log.jsonl``; a resumed run (``fresh=False``) appends."""
         self.enabled = enabled
         self.path = out / "log.jsonl"
         self.tb = None
+        if enabled and fresh:
+            self.path.unlink(missing_ok=True)
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -397,7 +400,7 @@ def train(cfg: TrainConfig) -> dict:
     collate_fn = TargetCollate(model_cfg.input_size // OUTPUT_STRIDE, center_sigma)
     if cfg.offset_mean_pose and state is None:  # every rank computes the same mean from the same samples
         unwrap(model).offset_head.set_offset_bias(mean_offsets(dataset, collate_fn, cfg.batch_size))
-    runlog = RunLog(out, info.main)
+    runlog = RunLog(out, info.main, fresh=not cfg.resume)
     if info.main:
         resolved = {
             "train": cfg.to_dict(),
