@@ -135,7 +135,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         center_sigma=args.center_sigma, skip_empty_images=not args.keep_empty_images,
         optimizer=args.optimizer, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, ema=args.ema,
-        offset_mean_pose=args.offset_mean_pose,
+        offset_mean_pose=args.offset_mean_pose, flip_prob=args.flip_prob,
+        keep_freed_memory=not args.return_freed_memory,
         log_every=args.log_every, pretrained=args.pretrained,
     )  # fmt: skip
     summary = train(cfg)
@@ -379,10 +380,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="official HRNet ImageNet weights for the backbone (e.g. hrnet_w32-36af842e.pth)",
     )  # fmt: skip
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument(
+        "--return-freed-memory", action="store_true",
+        help="CPU: let malloc give freed memory back to the system every step (glibc's default; "
+        "slower: by default grmpose keeps it for reuse)",
+    )  # fmt: skip
     p.add_argument("--offset-loss", type=float, default=0.03, help="offset loss factor (DEKR: 0.03)")
     p.add_argument(
         "--offset-mean-pose", action="store_true",
         help="start the offset head's bias at the data's mean pose (DEKR: 0); for short runs",
+    )  # fmt: skip
+    p.add_argument(
+        "--flip-prob", type=float, default=0.5,
+        help="probability of a horizontal flip in the augmentation (DEKR: 0.5); 0 when left and right "
+        "are told apart by a cue a mirror does not keep",
     )  # fmt: skip
     p.add_argument("--optimizer", choices=["adam", "adamw"], default="adam", help="DEKR: adam")
     p.add_argument(

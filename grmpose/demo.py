@@ -55,6 +55,7 @@ class DemoConfig:
     ema: float = 0.0
     offset_loss: float = 30.0
     offset_mean_pose: bool = True
+    flip_prob: float = 0.5
     curve_images: int = 50  # validation images per learning-curve point (no flip); 0 = no curve
 
 
@@ -93,7 +94,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             val_every=1 if cfg.curve_images else 0, val_images=cfg.curve_images or None, val_flip=False,
             max_minutes=cfg.minutes, progress=cfg.progress, checkpoint_every=200, lr=cfg.lr,
             optimizer=cfg.optimizer, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, ema=cfg.ema,
-            offset_loss=cfg.offset_loss, offset_mean_pose=cfg.offset_mean_pose,
+            offset_loss=cfg.offset_loss, offset_mean_pose=cfg.offset_mean_pose, flip_prob=cfg.flip_prob,
         )
     )  # fmt: skip
     checkpoint = run / "last.safetensors"

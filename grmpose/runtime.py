@@ -94,3 +94,36 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
+
+    By default glibc serves every allocation above a threshold (at most 32 MiB) with its own
+    ``mmap`` and unmaps it on ``free``; a CPU training step allocates and frees the same
+    tens-to-hundreds-of-MiB activation tensors every step, so every step pays the kernel again to
+    map and zero fresh pages (measured on ``tiny`` at 256 px, batch 8: 8.2 s of system time in a
+    22 s run, against 1.7 s with this setting, and a step twice as fast; see
+    ``benchmarks/results/train_throughput.md``). With ``mmap`` off for the heap and trimming off,
+    freed blocks stay in the process and the next step reuses them; the price is that the
+    process's memory stays at its peak until it exits. PyTorch's CPU tuning guide reaches the same
+    end with jemalloc or tcmalloc preloaded; this needs no extra library.
+
+    Returns True when the setting was applied (Linux with glibc), False elsewhere (nothing changes).
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)) and bool(libc.mallopt(_M_MMAP_MAX, 0))

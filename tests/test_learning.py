@@ -118,3 +118,44 @@ def test_demo_end_to_end_writes_metrics_curve_and_pictures(tmp_path, capsys):
     assert len(list((out / "pictures").glob("*.jpg"))) == 3
     data = json.loads((out / "data" / "val.json").read_text())
     assert data["info"]["max_people"] == 5 and data["info"]["height_range"] == [0.25, 0.9]
+
+
+def test_flip_prob_zero_never_mirrors_and_one_always_does(tmp_path):
+    """``--flip-prob`` reaches the augmentation: the flip draws of 200 samples follow it."""
+    from grmpose.data.transforms import AugmentRanges, sample_augment
+
+    rng = np.random.default_rng(0)
+    for prob, lo, hi in ((0.0, 0, 0), (1.0, 200, 200), (0.5, 70, 130)):
+        flips = sum(sample_augment(rng, AugmentRanges(flip_prob=prob)).flip for _ in range(200))
+        assert lo <= flips <= hi, (prob, flips)
+
+
+def test_keep_freed_memory_keeps_big_blocks_in_the_process():
+    """After ``keep_freed_memory`` a freed 200 MiB tensor stays in the process and the next allocation
+    of its size reuses it without new page faults; without it glibc unmaps the block on every free.
+    Each case runs in its own process (the setting is process-wide)."""
+    import subprocess
+    import sys
+
+    script = """
+import resource, sys, torch
+from grmpose.runtime import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(2):                         # 200 MiB touched, then freed (twice: glibc settles its heap)
+    x = torch.ones(50 * 2**20)
+    del x
+before = faults()
+y = torch.ones(50 * 2**20)                 # the same size again
+print(applied, faults() - before)
+"""
+    out = {}
+    for mode in ("keep", "default"):
+        res = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
+        applied, new_faults = res.stdout.split()
+        out[mode] = (applied == "True", int(new_faults))
+    assert out["keep"][0] and not out["default"][0]
+    # 200 MiB is 51,200 pages of 4 KiB: the default maps them afresh, the kept heap reuses them
+    assert out["default"][1] > 40_000, out
+    assert out["keep"][1] < 5_000, out
