@@ -95,7 +95,10 @@ def main(argv: list[str] | None = None) -> dict:
         generate(data, "coco", args.images, 8, 0, 512, 15)
     data = data.resolve()
     rev = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], check=True, capture_output=True, text=True
+        ["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="grmpose-throughput-") as tmp:
         baseline_src = unpack_revision(rev, Path(tmp) / "baseline")

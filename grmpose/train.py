@@ -87,7 +87,8 @@ class TrainConfig:
     accumulate: int = 1  # split each batch into this many chunks (same gradient, less memory)
     lr: float = 1e-3
     augment: bool = True  # the paper's augmentation; off for overfitting checks
-    flip_prob: float = 0.5  # horizontal flips in the augmentation (DEKR: 0.5); 0 for data without mirror symmetry
+    # horizontal flips in the augmentation (DEKR: 0.5); 0 for data whose left/right cue a mirror breaks
+    flip_prob: float = 0.5
     input_size: int | None = None  # default: the preset's
     workers: int = 2
     seed: int = 0
