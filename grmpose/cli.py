@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, device=args.device,
         resume=args.resume, amp=not args.no_amp, progress=not args.quiet, schedule=args.schedule,
         lr_steps=tuple(args.lr_steps) if args.lr_steps else None, offset_loss=args.offset_loss,
-        center_sigma=args.center_sigma, skip_empty_images=not args.keep_empty_images,
+        center_sigma=args.center_sigma, sigma=args.sigma, skip_empty_images=not args.keep_empty_images,
         optimizer=args.optimizer, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, ema=args.ema,
         offset_mean_pose=args.offset_mean_pose, flip_prob=args.flip_prob,
@@ -414,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--center-sigma", type=float, default=None, help="centre heatmap sigma (default: COCO 4, CrowdPose 2)"
     )
+    p.add_argument("--sigma", type=float, default=2.0, help="keypoint heatmap sigma in map pixels (DEKR: 2)")
     p.add_argument(
         "--keep-empty-images", action="store_true", help="also train on images without annotations"
     )

@@ -56,6 +56,8 @@ class DemoConfig:
     offset_loss: float = 30.0
     offset_mean_pose: bool = True
     flip_prob: float = 0.5
+    sigma: float = 2.0
+    center_sigma: float | None = None
     curve_images: int = 50  # validation images per learning-curve point (no flip); 0 = no curve
 
 
@@ -95,6 +97,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             max_minutes=cfg.minutes, progress=cfg.progress, checkpoint_every=200, lr=cfg.lr,
             optimizer=cfg.optimizer, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, ema=cfg.ema,
             offset_loss=cfg.offset_loss, offset_mean_pose=cfg.offset_mean_pose, flip_prob=cfg.flip_prob,
+            sigma=cfg.sigma, center_sigma=cfg.center_sigma,
         )
     )  # fmt: skip
     checkpoint = run / "last.safetensors"

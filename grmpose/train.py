@@ -115,6 +115,7 @@ class TrainConfig:
     progress: bool = True
     # Training rules from DEKR (docs/architecture.md, "Training rules and their DEKR source"):
     center_sigma: float | None = None  # centre Gaussian σ (map px); default: the spec's (COCO 4, CrowdPose 2)
+    sigma: float = 2.0  # keypoint Gaussian σ (map px), DEKR's at every input size
     skip_empty_images: bool = True  # train only on images with an annotation, as DEKR
     # Optimiser, learning-rate schedule and weight averaging (grmpose/schedule.py). The defaults are
     # DEKR's: Adam at 1e-3, no weight decay, x0.1 drops at the schedule's epochs, no warmup, no EMA.
@@ -163,6 +164,8 @@ def check_train_config(cfg: TrainConfig) -> None:
         bad("offset_loss", "0 or more")
     if not (cfg.weight_decay >= 0 and np.isfinite(cfg.weight_decay)):
         bad("weight_decay", "0 or more")
+    if not (cfg.sigma > 0 and np.isfinite(cfg.sigma)):
+        bad("sigma", "a positive number")
     if not 0 <= cfg.flip_prob <= 1:
         bad("flip_prob", "a probability in [0, 1]")
     if not 0 <= cfg.min_lr_ratio <= 1:
@@ -181,9 +184,10 @@ def check_train_config(cfg: TrainConfig) -> None:
 class TargetCollate:
     """Collate samples and build their training targets (runs inside DataLoader workers)."""
 
-    def __init__(self, map_size: int, center_sigma: float = 4.0) -> None:
+    def __init__(self, map_size: int, center_sigma: float = 4.0, sigma: float = 2.0) -> None:
         self.map_size = map_size
         self.center_sigma = center_sigma
+        self.sigma = sigma
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = collate(samples)
@@ -193,6 +197,7 @@ class TargetCollate:
                 k.numpy(),
                 size,
                 stride=OUTPUT_STRIDE,
+                sigma=self.sigma,
                 center_sigma=self.center_sigma,
                 mask=m.numpy(),
                 centers=c.numpy(),
@@ -411,7 +416,7 @@ def train(cfg: TrainConfig) -> dict:
         records, spec, model_cfg.input_size, augment=cfg.augment, seed=cfg.seed,
         ranges=AugmentRanges(flip_prob=cfg.flip_prob),
     )  # fmt: skip
-    collate_fn = TargetCollate(model_cfg.input_size // OUTPUT_STRIDE, center_sigma)
+    collate_fn = TargetCollate(model_cfg.input_size // OUTPUT_STRIDE, center_sigma, cfg.sigma)
     if cfg.offset_mean_pose and state is None:  # every rank computes the same mean from the same samples
         unwrap(model).offset_head.set_offset_bias(mean_offsets(dataset, collate_fn, cfg.batch_size))
     runlog = RunLog(out, info.main, fresh=not cfg.resume)

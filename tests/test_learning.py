@@ -159,3 +159,28 @@ print(applied, faults() - before)
     # 200 MiB is 51,200 pages of 4 KiB: the default maps them afresh, the kept heap reuses them
     assert out["default"][1] > 40_000, out
     assert out["keep"][1] < 5_000, out
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_sigma_option_sets_the_keypoint_gaussian(sigma):
+    """``--sigma`` reaches the targets: one cell from a keypoint the heatmap is exp(-1 / (2 σ²))."""
+    from grmpose.train import TargetCollate
+
+    kpts = np.zeros((1, 17, 3), np.float32)
+    kpts[0, :, :2] = 40.0  # input px -> map cell 10 at stride 4
+    kpts[0, :, 2] = 2
+    sample = {
+        "image": torch.zeros(3, 64, 64),
+        "keypoints": torch.from_numpy(kpts),
+        "centers": torch.tensor([[40.0, 40.0, 1.0]]),
+        "sizes": torch.tensor([50.0]),
+        "mask": torch.ones(16, 16),
+        "matrix": torch.zeros(2, 3),
+        "image_id": 0,
+    }
+    heat = TargetCollate(16, center_sigma=4.0, sigma=sigma)([sample])["targets"]["heatmaps"][0]
+    assert heat[0, 10, 10].item() == pytest.approx(1.0)
+    assert heat[0, 10, 11].item() == pytest.approx(np.exp(-1.0 / (2 * sigma**2)), rel=1e-5)
+    assert heat[17, 10, 11].item() == pytest.approx(
+        np.exp(-1.0 / (2 * 4.0**2)), rel=1e-5
+    )  # the centre keeps 4
