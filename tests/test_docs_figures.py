@@ -105,7 +105,21 @@ def decoder_quotes() -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.parametrize("source", [bench_quotes, yolo_quotes, decoder_quotes], ids=lambda f: f.__name__)
+def throughput_quotes() -> dict[str, list[str]]:
+    r = results("train_throughput.json")
+    base, _, new = r["rows"]
+    assert base["case"].startswith("baseline") and new["case"] == "this code (default)"
+    return {
+        "README.md": [
+            f"{new['images_per_s']:.1f} images/s against {base['images_per_s']:.1f} for the code at {r['baseline']}",
+            f"**{new['ratio']:.2f}×**",
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    "source", [bench_quotes, yolo_quotes, decoder_quotes, throughput_quotes], ids=lambda f: f.__name__
+)
 def test_docs_quote_the_results_files(source):
     for doc, quotes in source().items():
         text = " ".join((REPO / doc).read_text().split())  # line breaks count as spaces
