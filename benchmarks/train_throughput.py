@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,12 +71,6 @@ def run_case(source: Path, data: Path, out: Path, args: argparse.Namespace, extr
     }
 
 
-def median(values: list[float]) -> float:
-    s = sorted(values)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--baseline", default=BASELINE, help="git revision to compare with")
@@ -113,20 +108,20 @@ def main(argv: list[str] | None = None) -> dict:
                 rec = run_case(source, data, Path(tmp) / "run", args, extra)
                 runs[name].append(rec)
                 print(f"[{r + 1}/{args.repeats}] {name}: {rec['images_per_s']:.2f} images/s", flush=True)
-    base = median([r["images_per_s"] for r in runs[cases[0][0]]])
+    base = statistics.median([r["images_per_s"] for r in runs[cases[0][0]]])
     rows = []
     for name, _, extra in cases:
         rs = runs[name]
-        ips = median([r["images_per_s"] for r in rs])
+        ips = statistics.median([r["images_per_s"] for r in rs])
         rows.append({
             "case": name,
             "flags": extra,
             "images_per_s": ips,
             "ratio": ips / base,
-            "compute_images_per_s": median([r["compute_images_per_s"] for r in rs]),
-            "system_s": median([r["system_s"] for r in rs]),
-            "user_s": median([r["user_s"] for r in rs]),
-            "max_rss_mib": median([r["max_rss_mib"] for r in rs]),
+            "compute_images_per_s": statistics.median([r["compute_images_per_s"] for r in rs]),
+            "system_s": statistics.median([r["system_s"] for r in rs]),
+            "user_s": statistics.median([r["user_s"] for r in rs]),
+            "max_rss_mib": statistics.median([r["max_rss_mib"] for r in rs]),
             "runs": rs,
         })  # fmt: skip
     record = {

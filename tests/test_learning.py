@@ -120,7 +120,7 @@ def test_demo_end_to_end_writes_metrics_curve_and_pictures(tmp_path, capsys):
     assert data["info"]["max_people"] == 5 and data["info"]["height_range"] == [0.25, 0.9]
 
 
-def test_flip_prob_zero_never_mirrors_and_one_always_does(tmp_path):
+def test_flip_prob_zero_never_mirrors_and_one_always_does():
     """``--flip-prob`` reaches the augmentation: the flip draws of 200 samples follow it."""
     from grmpose.data.transforms import AugmentRanges, sample_augment
 
