@@ -135,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         center_sigma=args.center_sigma, sigma=args.sigma, skip_empty_images=not args.keep_empty_images,
         optimizer=args.optimizer, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, ema=args.ema,
-        offset_mean_pose=args.offset_mean_pose, flip_prob=args.flip_prob,
+        offset_mean_pose=args.offset_mean_pose, flip_prob=args.flip_prob, init=args.init,
         keep_freed_memory=not args.return_freed_memory,
         log_every=args.log_every, pretrained=args.pretrained,
     )  # fmt: skip
@@ -293,6 +293,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(format_metrics({k: v for k, v in m.items() if not k.startswith("images") and k != "results"}))
     met = "met" if m["AP"] >= result["goal_AP"] else "NOT met"
     print(f"AP {m['AP']:.3f} against the goal of {result['goal_AP']:g}: {met}")
+    pck = result["heatmap_pck"]
+    print(
+        f"joints the heatmaps place within 0.1 of the person's size (PCK, given the person): {pck['pck']:.3f}"
+    )
     print(f"pictures: {Path(result['pictures'][0]).parent if result['pictures'] else '-'}")
     if result.get("learning_curve"):
         print(f"learning curve: {result['learning_curve']}")
@@ -394,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--flip-prob", type=float, default=0.5,
         help="probability of a horizontal flip in the augmentation (DEKR: 0.5); 0 when left and right "
         "are told apart by a cue a mirror does not keep",
+    )  # fmt: skip
+    p.add_argument(
+        "--init", choices=["dekr", "kaiming"], default="dekr",
+        help="weight initialisation (DEKR: N(0, 0.001) convs, made for a pretrained backbone); kaiming: "
+        "He's rule for the hidden convs, for training from scratch",
     )  # fmt: skip
     p.add_argument("--optimizer", choices=["adam", "adamw"], default="adam", help="DEKR: adam")
     p.add_argument(

@@ -109,7 +109,9 @@ def test_demo_end_to_end_writes_metrics_curve_and_pictures(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0
     assert "against the goal of 0.5" in printed
+    assert "PCK, given the person" in printed
     result = json.loads((out / "demo.json").read_text())
+    assert 0.0 <= result["heatmap_pck"]["pck"] <= 1.0 and result["heatmap_pck"]["joints"] > 0
     assert result["goal_AP"] == 0.5 and 0.0 <= result["metrics"]["AP"] <= 1.0
     assert result["metrics"]["images"] == 3
     points = json.loads((out / "learning_curve.json").read_text())["points"]
@@ -186,3 +188,75 @@ def test_sigma_option_sets_the_keypoint_gaussian(sigma):
     assert heat[17, 10, 11].item() == pytest.approx(
         np.exp(-1.0 / (2 * 4.0**2)), rel=1e-5
     )  # the centre keeps 4
+
+
+def test_kaiming_init_draws_hidden_convs_by_fan_out_and_keeps_the_outputs_small():
+    """He's rule: std sqrt(2 / (out_channels * kernel area)); the heads' last convs keep DEKR's
+    N(0, 0.001) and the adaptive convolutions' A/t predictors stay zero."""
+    from grmpose.model.init_weights import kaiming_init
+
+    model = tiny(1.0)
+    zero_before = {m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and not m.weight.any()}
+    assert zero_before  # the A/t predictors
+    keep = model.prediction_layers()
+    kaiming_init(model, keep)
+    big = [
+        m for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 4096 and m not in zero_before
+    ]  # fmt: skip
+    assert big and not (set(big) & keep)
+    for m in big:
+        fan_out = m.weight.shape[0] * m.weight.shape[2] * m.weight.shape[3]
+        assert m.weight.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.1)
+    for m in keep:
+        assert m.weight.std().item() < 0.002
+    assert all(not m.weight.any() for m in zero_before)
+
+
+def test_init_option_reaches_the_model_and_rejects_unknown_rules(tmp_path):
+    from grmpose.train import TrainConfig
+
+    with pytest.raises(ValueError, match="--init must be one of dekr, kaiming"):
+        TrainConfig(data="d", out="o", init="xavier")
+
+
+def test_heatmap_pck_counts_joints_found_inside_the_person_box():
+    from grmpose.heatmap_pck import found_joints
+
+    # one person, labelled joints 0 (2, 2) and 1 (12, 2) and 2 (2, 12); joint 3 unlabelled.
+    kpts = np.array([[[2, 2, 2], [12, 2, 2], [2, 12, 2], [20, 20, 0]]], dtype=np.float64)
+    heat = np.zeros((4, 32, 32))
+    heat[0, 2, 3] = 1.0  # 1 px off; the diagonal is 14.1, so the radius is 1.41: found
+    heat[1, 5, 12] = 1.0  # 3 px off: not found
+    heat[1, 30, 30] = 5.0  # a brighter peak outside the padded box is not looked at
+    heat[2, 12, 2] = 1.0  # exact
+    heat[2, 2, 2] = 0.5
+    found, labelled = found_joints(heat, kpts)
+    assert labelled.tolist() == [1, 1, 1, 0]
+    assert found.tolist() == [1, 0, 1, 0]
+    # a person with fewer than three labelled joints is skipped
+    found, labelled = found_joints(heat, kpts[:, [0, 1, 3]])
+    assert labelled.sum() == 0
+
+
+def test_heatmap_pck_is_one_for_the_target_heatmaps_and_drops_when_shifted(demo_level_data):
+    from grmpose.heatmap_pck import heatmap_pck
+    from grmpose.targets import build_targets
+
+    ann, images, spec = resolve_dataset(str(demo_level_data), "train")
+    record = load_coco_keypoints(ann, images, spec)[0]
+    sample = PoseDataset([record], spec, SIZE, augment=False)[0]
+    heat = build_targets(sample["keypoints"].numpy(), (SIZE // 4, SIZE // 4))["heatmaps"]
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, maps):
+            super().__init__()
+            self.maps = torch.nn.Parameter(maps[None], requires_grad=False)
+
+        def forward(self, x):
+            return self.maps, None, None
+
+    right = heatmap_pck(Fixed(heat), [record], spec, SIZE)
+    assert right["pck"] == 1.0 and right["joints"] > 0
+    shifted = heatmap_pck(Fixed(torch.roll(heat, shifts=4, dims=2)), [record], spec, SIZE)
+    assert shifted["pck"] < 0.5

@@ -17,10 +17,21 @@ Left at PyTorch's default, as in DEKR:
 
 With a pretrained backbone (``grmpose.load_pretrained``) the backbone's tensors are overwritten
 afterwards and everything else keeps this initialisation, as in DEKR.
+
+From scratch (``grmpose train --init kaiming``). DEKR always starts its backbone from ImageNet
+weights, so its N(0, 0.001) rule only ever meets a trained backbone. Without one, ``kaiming_init``
+re-draws the hidden convolutions with He's normal rule for ReLU networks, N(0, 2 / fan_out) with
+``fan_out = out_channels x kernel area`` (the usual rule for convolutional networks trained from
+scratch), so the GRM's convolutions, which have no BatchNorm after them, pass their input on at its
+scale instead of shrinking it 1000-fold. The layers that predict the outputs (heatmaps, tags,
+offsets) keep the small DEKR draw and the A/t predictors stay zero: the network still starts from
+near-zero maps and centre-sampling adaptive convolutions. Measured in
+``benchmarks/results/demo_levers.md``.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 CONV_STD = 0.001
@@ -40,4 +51,16 @@ def init_weights(model: nn.Module) -> nn.Module:
         special_init = getattr(m, "special_init", None)
         if callable(special_init):
             special_init()
+    return model
+
+
+@torch.no_grad()
+def kaiming_init(model: nn.Module, keep: set[nn.Module]) -> nn.Module:
+    """Re-draw the weights of every ``nn.Conv2d`` in ``model`` except those in ``keep`` and those that
+    are all zero (the adaptive convolutions' A/t predictors) from N(0, 2 / fan_out); biases stay 0.
+    Returns ``model``.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m not in keep and bool(m.weight.any()):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     return model

@@ -40,6 +40,10 @@ class GRMPoseNet(nn.Module):
         # grmpose.load_pretrained overwrites the backbone with ImageNet weights afterwards.
         init_weights(self)
 
+    def prediction_layers(self) -> set[nn.Module]:
+        """The last convolutions of the heads (heatmaps, tags, offsets)."""
+        return {self.heatmap_head.heatmap, self.heatmap_head.tag, self.offset_head.offset}
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         p1, p2, stage4 = self.backbone(images)
         ups = [stage4[0]] + [
