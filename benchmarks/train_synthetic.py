@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": result["train"]["steps"],
         "train_images_per_s": result["train"]["images_per_s"],
         "eval": {k: v for k, v in m.items() if k != "results"},
+        "heatmap_pck": result["heatmap_pck"],
         "wall_minutes": (time.time() - t0) / 60,
         "learning_curve": result.get("learning_curve_points", []),
     }
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{record['machine']}; {record['steps']} steps of batch {args.batch_size} at {args.input_size} px, "
         f"{record['train_images_per_s']:.1f} training images/s; held-out set: {m['images']} images "
         f"(different seed), flip test.\n\n| metric | value |\n|---|---|\n" + "\n".join(rows) + "\n"
+        f"| heatmap PCK (joints placed within 0.1 of the person's size, given the person; no flip) "
+        f"| {record['heatmap_pck']['pck']:.3f} |\n"
     )
     print(json.dumps(record, indent=2))
     return record
