@@ -1,0 +1,154 @@
+"""The main job as a user runs it: ``grmpose demo`` in a child process, timed, its figures recorded.
+
+    python -m benchmarks.demo                                   # run it (about 7 minutes here)
+    python -m benchmarks.demo --record runs/demo --wall-seconds 410   # record a run made by hand
+
+Writes ``benchmarks/results/demo.{json,md}`` from the run's ``demo.json``: wall time, training
+steps and images/s, AP on the held-out set (flip test) next to the goal, the heatmaps' PCK per
+keypoint and the learning curve; and the README's pictures of it into ``docs/images/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.provenance import write_results_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+
+
+def wall_text(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+def record(run: Path, wall_seconds: float, command: str, argv: list[str] | None) -> dict:
+    demo = json.loads((run / "demo.json").read_text())
+    m, t, cfg, pck = demo["metrics"], demo["train"], demo["config"], demo["heatmap_pck"]
+    out = {
+        "what": "the main job (grmpose demo) on this 2-core CPU, after installation",
+        "command": command,
+        "wall_seconds": wall_seconds,
+        "goal_AP": demo["goal_AP"],
+        "metrics": m,
+        "heatmap_pck": pck,
+        "train": t,
+        "learning_curve": demo.get("learning_curve_points", []),
+        "config": cfg,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_results_json(RESULTS / "demo.json", out, "benchmarks.demo", argv)
+    lines = [
+        f"# The main job (`grmpose demo`), {time.strftime('%Y-%m-%d')}",
+        "",
+        f"`{command}`: {wall_text(wall_seconds)} wall on the 2-core CPU, data generation included.",
+        f"tiny at {cfg['input_size']} px, batch {cfg['batch_size']}, {cfg['minutes']:g} min of training: "
+        f"{t['steps']} steps, {t['images_per_s']:.1f} images/s. Held-out set: {m['images']} demo-level images "
+        "(1-5 people, 25-90 % of the image height) from another seed, flip test.",
+        "",
+        "| metric | value | goal |",
+        "|---|---|---|",
+        f"| AP | {m['AP']:.4f} | {demo['goal_AP']:g} |",
+        f"| AP50 | {m['AP50']:.4f} | |",
+        f"| AR | {m['AR']:.4f} | |",
+        f"| heatmap PCK (given the person, no flip) | {pck['pck']:.3f} | |",
+        "",
+        "Heatmap PCK per keypoint (`grmpose/heatmap_pck.py`: the maximum of the keypoint's map inside "
+        "the person's box within 0.1 of the person's size):",
+        "",
+        "| " + " | ".join(pck["per_keypoint"]) + " |",
+        "|" + "---|" * len(pck["per_keypoint"]),
+        "| " + " | ".join("-" if v is None else f"{v:.2f}" for v in pck["per_keypoint"].values()) + " |",
+    ]
+    if out["learning_curve"]:
+        lines += [
+            "",
+            f"Learning curve ({cfg['curve_images']} held-out images per point, no flip):",
+            "",
+            "| minutes | step | AP | AP50 |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['minutes']:.2f} | {p['step']} | {p['AP']:.4f} | {p['AP50']:.4f} |"
+            for p in out["learning_curve"]
+        ]
+    (RESULTS / "demo.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return out
+
+
+def docs_pictures(run: Path, rows: int = 4) -> list[Path]:
+    """``docs/images/``: ``demo_predictions.png`` (the first three pictures of the run),
+    ``learning_curve_demo.png`` and ``demo_heatmaps.png`` (per held-out image: the network's input,
+    the centre map, the maximum over the keypoint maps, the left and the right wrist's map)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from grmpose.checkpoint import load_model
+    from grmpose.data.coco import load_coco_keypoints, resolve_dataset
+    from grmpose.data.dataset import PoseDataset, denormalize_image
+
+    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+    written = []
+    pictures = sorted((run / "pictures").glob("*.jpg"))[:3]
+    if pictures:
+        stacked = np.concatenate([np.asarray(Image.open(p).convert("RGB")) for p in pictures], axis=0)
+        Image.fromarray(stacked).save(DOCS_IMAGES / "demo_predictions.png")
+        written.append(DOCS_IMAGES / "demo_predictions.png")
+    if (run / "learning_curve.png").is_file():
+        (DOCS_IMAGES / "learning_curve_demo.png").write_bytes((run / "learning_curve.png").read_bytes())
+        written.append(DOCS_IMAGES / "learning_curve_demo.png")
+    model, config, spec = load_model(run / "run" / "last.safetensors")
+    model.eval()
+    ann, images, _ = resolve_dataset(str(run / "data"), "val")
+    data = PoseDataset(load_coco_keypoints(ann, images, spec)[:rows], spec, config.input_size, augment=False)
+    names = list(spec.keypoints)
+    wrists = [names.index("left_wrist"), names.index("right_wrist")]
+    lines = []
+    for i in range(len(data)):
+        sample = data[i]
+        with torch.no_grad():
+            heat = model(sample["image"][None])[0][0].clamp(0, 1).numpy()
+        k = spec.num_keypoints
+        maps = [heat[k], heat[:k].max(0), heat[wrists[0]], heat[wrists[1]]]
+        size = config.input_size
+        panels = [denormalize_image(sample["image"])]
+        for m in maps:
+            gray = np.asarray(
+                Image.fromarray((m * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+            )
+            panels.append(np.repeat(gray[:, :, None], 3, axis=2))
+        lines.append(np.concatenate(panels, axis=1))
+    Image.fromarray(np.concatenate(lines, axis=0)).save(DOCS_IMAGES / "demo_heatmaps.png")
+    written.append(DOCS_IMAGES / "demo_heatmaps.png")
+    return written
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default="runs/demo", help="the demo's output folder")
+    parser.add_argument("--record", metavar="RUN", help="record this finished demo folder instead of running")
+    parser.add_argument("--wall-seconds", type=float, help="with --record: the wall time it took")
+    args = parser.parse_args(argv)
+    if args.record:
+        if args.wall_seconds is None:
+            parser.error("--record needs --wall-seconds")
+        result = record(Path(args.record), args.wall_seconds, "grmpose demo --quiet", argv)
+        docs_pictures(Path(args.record))
+        return result
+    command = [sys.executable, "-c", "from grmpose.cli import main; raise SystemExit(main())"]
+    t0 = time.perf_counter()
+    subprocess.run([*command, "demo", "--quiet", "--out", args.out], check=True)
+    result = record(Path(args.out), time.perf_counter() - t0, f"grmpose demo --quiet --out {args.out}", argv)
+    docs_pictures(Path(args.out))
+    return result
+
+
+if __name__ == "__main__":
+    main()
