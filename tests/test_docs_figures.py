@@ -117,8 +117,35 @@ def throughput_quotes() -> dict[str, list[str]]:
     }
 
 
+def demo_levers_quotes() -> dict[str, list[str]]:
+    rows = {r["case"]: r for r in results("demo_levers.json")["rows"]}
+    base, dekr, lr, batch4 = rows["base"], rows["dekr_init"], rows["lr5e-3"], rows["batch4"]
+    return {
+        "README.md": [
+            f"{base['steps']} steps, PCK {base['heatmap_pck']:.3f}, AP {base['AP']:.4f}",
+            f"initialisation: PCK {dekr['heatmap_pck']:.3f}, AP {dekr['AP']:.4f}",
+            f"learning rate 5e-3: PCK {lr['heatmap_pck']:.3f}, AP {lr['AP']:.4f}",
+            f"batch 4 ({batch4['steps']} steps): PCK {batch4['heatmap_pck']:.3f}, AP {batch4['AP']:.4f}",
+        ]
+    }
+
+
+def demo_quotes() -> dict[str, list[str]]:
+    r = results("demo.json")
+    t, m = r["train"], r["metrics"]
+    return {
+        "README.md": [
+            f"for 6 minutes ({t['steps']} steps, {t['images_per_s']:.1f} images/s)",
+            f"flip test: **AP {m['AP']:.4f}** (AP50 {m['AP50']:.3f})",
+            f"heatmap PCK {r['heatmap_pck']['pck']:.3f}",
+        ]
+    }
+
+
 @pytest.mark.parametrize(
-    "source", [bench_quotes, yolo_quotes, decoder_quotes, throughput_quotes], ids=lambda f: f.__name__
+    "source",
+    [bench_quotes, yolo_quotes, decoder_quotes, throughput_quotes, demo_levers_quotes, demo_quotes],
+    ids=lambda f: f.__name__,
 )
 def test_docs_quote_the_results_files(source):
     for doc, quotes in source().items():
