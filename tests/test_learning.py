@@ -213,7 +213,7 @@ def test_kaiming_init_draws_hidden_convs_by_fan_out_and_keeps_the_outputs_small(
     assert all(not m.weight.any() for m in zero_before)
 
 
-def test_init_option_reaches_the_model_and_rejects_unknown_rules(tmp_path):
+def test_init_option_rejects_unknown_rules():
     from grmpose.train import TrainConfig
 
     with pytest.raises(ValueError, match="--init must be one of dekr, kaiming"):
