@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-people", type=int, default=15)
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=None, help="default: grmpose train's")
     parser.add_argument("--out", default="runs/bench_synthetic")
     parser.add_argument(
         "--offset-loss",

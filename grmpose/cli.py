@@ -370,7 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accumulate", type=int, default=1, help="split each batch into N chunks")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--input-size", type=int, default=None, help="training crop (default: the preset's)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--workers", type=int, default=None,
+        help="DataLoader worker processes (default: 2 on CUDA, 0 on the CPU, where a worker slows the training's threads)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (0: never)")
     p.add_argument("--val-images", type=int, default=None, help="validate on the first N images")
@@ -531,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=None, help="training time budget (default: the demo's)")
     p.add_argument("--train-images", type=int, default=2000)
     p.add_argument("--val-images", type=int, default=200)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: grmpose train's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

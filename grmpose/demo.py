@@ -43,7 +43,7 @@ class DemoConfig:
     height_range: tuple[float, float] | None = (0.25, 0.9)  # None: the crowd level
     input_size: int = 128
     batch_size: int = 8
-    workers: int = 1
+    workers: int | None = None  # grmpose train's default (0 on the CPU)
     seed: int = 0
     flip: bool = True
     pictures: int = 6

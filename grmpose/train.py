@@ -92,7 +92,9 @@ class TrainConfig:
     # horizontal flips in the augmentation (DEKR: 0.5); 0 for data whose left/right cue a mirror breaks
     flip_prob: float = 0.5
     input_size: int | None = None  # default: the preset's
-    workers: int = 2
+    # DataLoader worker processes; None: 2 on CUDA, 0 on the CPU, where a worker takes a core from the
+    # training's own threads (tiny at 128 px on 2 cores: 23.7 images/s with 0 workers, 15.1 with 1)
+    workers: int | None = None
     seed: int = 0
     val_every: int = 1  # epochs; 0 = never
     val_images: int | None = None  # evaluate on the first N validation images only
@@ -152,7 +154,9 @@ def check_train_config(cfg: TrainConfig) -> None:
     for field in ("epochs", "val_images", "max_steps"):
         if getattr(cfg, field) is not None and getattr(cfg, field) < 1:
             bad(field, "at least 1")
-    for field in ("workers", "val_every", "checkpoint_every", "warmup_steps"):
+    if cfg.workers is not None and cfg.workers < 0:
+        bad("workers", "0 or more")
+    for field in ("val_every", "checkpoint_every", "warmup_steps"):
         if getattr(cfg, field) < 0:
             bad(field, "0 or more")
     if cfg.accumulate > cfg.batch_size:
@@ -295,6 +299,15 @@ def schedule_plan(cfg: TrainConfig, spec: KeypointSpec) -> tuple[int, tuple[floa
     epochs = cfg.epochs or SCHEDULES[name][0]
     epoch_driven = cfg.max_minutes is None and cfg.max_steps is None
     return epochs, drop_fractions(name, epochs, cfg.lr_steps, epoch_driven)
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader workers when ``--workers`` is not given: 2 on CUDA (the GPU computes, the CPU
+    prepares batches), 0 on the CPU. There the training's threads already use every core, and a
+    worker process preempts one of them in each parallel op: measured with ``tiny`` at 128 px, batch
+    8, on 2 cores, 23.7 images/s with 0 workers against 15.1 with 1 (preparing a batch in the main
+    process costs about 3 ms per image)."""
+    return 2 if device.type == "cuda" else 0
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -506,6 +519,7 @@ def train(cfg: TrainConfig) -> dict:
         name = signal.Signals(signals.received).name
         return name, f"stopped by {name}"
 
+    workers = default_workers(device) if cfg.workers is None else cfg.workers
     with StopSignals() as signals:
         stop_reason = budget_reason()  # a resumed run whose budget is already used up
         for epoch in range(start_epoch, epochs):
@@ -518,7 +532,7 @@ def train(cfg: TrainConfig) -> dict:
                 dataset,
                 batch_sampler=batches[first:],
                 collate_fn=collate_fn,
-                num_workers=cfg.workers,
+                num_workers=workers,
                 persistent_workers=False,
                 pin_memory=device.type == "cuda",
                 worker_init_fn=ignore_stop_signals,

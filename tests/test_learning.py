@@ -260,3 +260,13 @@ def test_heatmap_pck_is_one_for_the_target_heatmaps_and_drops_when_shifted(demo_
     assert right["pck"] == 1.0 and right["joints"] > 0
     shifted = heatmap_pck(Fixed(torch.roll(heat, shifts=4, dims=2)), [record], spec, SIZE)
     assert shifted["pck"] < 0.5
+
+
+def test_default_workers_are_none_on_the_cpu_and_two_on_cuda():
+    from grmpose.train import TrainConfig, default_workers
+
+    assert default_workers(torch.device("cpu")) == 0
+    assert default_workers(torch.device("cuda", 0)) == 2
+    assert TrainConfig(data="d", out="o").workers is None
+    with pytest.raises(ValueError, match="--workers must be 0 or more"):
+        TrainConfig(data="d", out="o", workers=-1)
