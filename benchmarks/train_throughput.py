@@ -1,7 +1,7 @@
 """Training throughput of ``grmpose train``, side by side with an earlier revision of the code.
 
 Each case is one real ``grmpose train`` process (forward + backward + optimiser + data loading and
-target building in DataLoader workers) on the same synthetic crowds, ``--max-steps`` steps, no
+target building) on the same synthetic crowds, ``--max-steps`` steps, no
 validation. The baseline is the code of ``--baseline`` (a git revision, unpacked with
 ``git archive`` into a temporary folder), run the same way. Cases are interleaved and repeated; the
 table quotes medians of images/s (the run's images over its loop time, data waits included) and
@@ -48,7 +48,7 @@ def run_case(source: Path, data: Path, out: Path, args: argparse.Namespace, extr
         shutil.rmtree(out)
     cmd = [
         sys.executable, "-c", "import sys; from grmpose.cli import main; sys.exit(main(sys.argv[1:]))", "train", "--data", str(data), "--out", str(out), "--preset", "tiny",
-        "--input-size", str(args.input_size), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+        "--input-size", str(args.input_size), "--batch-size", str(args.batch_size),
         "--max-steps", str(args.steps), "--val-every", "0", "--quiet", *extra,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(source)}
@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="DataLoader workers of the baseline and of the 'N workers' case"
+    )
     parser.add_argument("--images", type=int, default=240, help="synthetic training images (crowd level)")
     parser.add_argument("--data", default="runs/throughput_data")
     args = parser.parse_args(argv)
@@ -97,9 +99,10 @@ def main(argv: list[str] | None = None) -> dict:
     ).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="grmpose-throughput-") as tmp:
         baseline_src = unpack_revision(rev, Path(tmp) / "baseline")
+        workers = ["--workers", str(args.workers)]
         cases = [
-            (f"baseline ({rev})", baseline_src, []),
-            ("this code, malloc returns freed memory (glibc default)", ROOT, ["--return-freed-memory"]),
+            (f"baseline ({rev})", baseline_src, workers),
+            (f"this code, {args.workers} DataLoader worker(s)", ROOT, workers),
             ("this code (default)", ROOT, []),
         ]
         runs: dict[str, list[dict]] = {name: [] for name, _, _ in cases}
@@ -125,8 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
             "runs": rs,
         })  # fmt: skip
     record = {
-        "what": f"grmpose train, tiny at {args.input_size} px, batch {args.batch_size}, {args.workers} DataLoader "
-        f"worker(s), {args.steps} steps per run, {args.repeats} interleaved repeats (medians)",
+        "what": f"grmpose train, tiny at {args.input_size} px, batch {args.batch_size}, {args.steps} steps per run, "
+        f"{args.repeats} interleaved repeats (medians); the baseline with {args.workers} DataLoader worker(s), "
+        "this code with as many and with its default (0 on the CPU)",
         "baseline": rev,
         "cpu_threads": os.cpu_count(),
         "rows": rows,
