@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import benchmarks.decoders
+import benchmarks.demo
 import benchmarks.overfit_coco
 import benchmarks.run_all
 import benchmarks.train_synthetic
@@ -100,12 +101,33 @@ def _train_synthetic(monkeypatch, tmp_path):
     result = {
         "metrics": {"AP": 0.1, "images": 3},
         "train": {"minutes": 0.1, "steps": 2, "images_per_s": 4.0},
+        "heatmap_pck": {"pck": 0.2, "per_keypoint": {"nose": 0.2}, "joints": 5},
     }
     monkeypatch.setattr(benchmarks.train_synthetic, "run_demo", lambda cfg: result)
     monkeypatch.setattr(benchmarks.train_synthetic, "RESULTS", tmp_path)
     argv = ["--minutes", "0.1", "--tag", "t", "--out", str(tmp_path / "run")]
     benchmarks.train_synthetic.main(argv)
     return tmp_path / "train_synthetic_t.json", "python -m benchmarks.train_synthetic " + shlex.join(argv)
+
+
+def _demo(monkeypatch, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    demo = {
+        "metrics": {"AP": 0.1, "AP50": 0.2, "AR": 0.3, "images": 3},
+        "goal_AP": 0.5,
+        "heatmap_pck": {"pck": 0.2, "per_keypoint": {"nose": 0.2, "left_eye": None}, "joints": 5},
+        "train": {"minutes": 0.1, "steps": 2, "images_per_s": 4.0},
+        "learning_curve_points": [{"minutes": 0.1, "step": 2, "AP": 0.1, "AP50": 0.2}],
+        "config": {"input_size": 128, "batch_size": 8, "minutes": 0.1, "curve_images": 3},
+    }
+    (run / "demo.json").write_text(json.dumps(demo))
+    monkeypatch.setattr(benchmarks.demo, "RESULTS", tmp_path)
+    monkeypatch.setattr(benchmarks.demo, "docs_pictures", lambda run: [])
+    argv = ["--record", str(run), "--wall-seconds", "12"]
+    benchmarks.demo.main(argv)
+    assert "| 0.20 | - |" in (tmp_path / "demo.md").read_text()
+    return tmp_path / "demo.json", "python -m benchmarks.demo " + shlex.join(argv)
 
 
 def _yolo(monkeypatch, tmp_path):
@@ -130,6 +152,7 @@ def _run_all(monkeypatch, tmp_path):
 
 WRITERS = {
     "decoders": _decoders,
+    "demo": _demo,
     "overfit_coco": _overfit,
     "train_synthetic": _train_synthetic,
     "yolo": _yolo,
