@@ -3,7 +3,7 @@
 Every case trains ``tiny`` for the same number of minutes on the same synthetic demo-level set
 (generated once, shared), then evaluates on the same held-out images with the flip test, with the
 regression decoder (the demo's) and the hybrid decoder (regressed poses snapped to heatmap
-peaks). The table has the change, steps, training images/s and AP (issue "A main job whose model
+peaks). The table has the change, steps, training images/s, heatmap PCK and AP (issue "A main job whose model
 visibly works": "for each lever, record what it did at a fixed budget").
 
     python -m benchmarks.demo_levers [--minutes 6] [--cases base,offset3,...] [--out runs/demo_levers]

@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--input-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
-        "--workers", type=int, default=1, help="DataLoader workers of the baseline and of the 'N workers' case"
+        "--workers",
+        type=int,
+        default=1,
+        help="DataLoader workers of the baseline and of the 'N workers' case",
     )
     parser.add_argument("--images", type=int, default=240, help="synthetic training images (crowd level)")
     parser.add_argument("--data", default="runs/throughput_data")

@@ -108,9 +108,10 @@ def keep_freed_memory() -> bool:
     ``mmap`` and unmaps it on ``free``; a CPU training step allocates and frees the same
     tens-to-hundreds-of-MiB activation tensors every step, so every step pays the kernel again to
     map and zero fresh pages. Measured with ``grmpose train``, ``tiny`` at 256 px, batch 8, 30 steps
-    (``benchmarks/results/train_throughput.md``): 23.8 s of system time without this setting, 2.4 s
-    with it, and 4.64 -> 6.29 images/s (1.36x); a bare forward/backward loop went twice as fast. With ``mmap`` off for the heap and trimming off,
-    freed blocks stay in the process and the next step reuses them; the price is that the
+    (``benchmarks/results/train_throughput.md`` as committed in 4e2a65c, whose run still had a
+    malloc-off case): 23.8 s of system time without this setting, 2.4 s with it, and 4.64 -> 6.29
+    images/s (1.36x); a bare forward/backward loop went twice as fast. With ``mmap`` off for the
+    heap and trimming off, freed blocks stay in the process and the next step reuses them; the price is that the
     process's memory stays at its peak until it exits. PyTorch's CPU tuning guide reaches the same
     end with jemalloc or tcmalloc preloaded; this needs no extra library.
 

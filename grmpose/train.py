@@ -105,7 +105,8 @@ class TrainConfig:
     log_every: int = 10
     amp: bool = True  # CUDA only
     # CPU: glibc malloc keeps freed memory instead of unmapping it each step (1.36x the images/s
-    # here; the process stays at its peak memory), see grmpose.runtime.keep_freed_memory
+    # in the throughput run of 4e2a65c; the process stays at its peak memory),
+    # see grmpose.runtime.keep_freed_memory
     keep_freed_memory: bool = True
     device: str = "auto"
     resume: str | None = None
