@@ -36,6 +36,9 @@ CASES: dict[str, tuple[str, dict]] = {
     "input192": ("input 192 px (not 128)", {"input_size": 192}),
     "ema": ("EMA of weights, decay 0.99", {"ema": 0.99}),
     "dekr_init": ("DEKR's N(0, 0.001) initialisation (not He's)", {"init": "dekr"}),
+    "unit8": ("offsets in units of 8 map px (not 1)", {"offset_unit": 8.0}),
+    "noflip_unit8": ("no flips (as noflip) and offsets in units of 8 map px",
+                     {"flip_prob": 0.0, "flip": False, "offset_unit": 8.0}),
 }
 
 

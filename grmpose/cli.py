@@ -136,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, ema=args.ema,
         offset_mean_pose=args.offset_mean_pose, flip_prob=args.flip_prob, init=args.init,
-        keep_freed_memory=not args.return_freed_memory,
+        offset_unit=args.offset_unit, keep_freed_memory=not args.return_freed_memory,
         log_every=args.log_every, pretrained=args.pretrained,
     )  # fmt: skip
     summary = train(cfg)
@@ -406,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--init", choices=["dekr", "kaiming"], default="dekr",
         help="weight initialisation (DEKR: N(0, 0.001) convs, made for a pretrained backbone); kaiming: "
         "He's rule for the hidden convs, for training from scratch",
+    )  # fmt: skip
+    p.add_argument(
+        "--offset-unit", type=float, default=None,
+        help="map pixels per unit of the offset head's last conv (default: the preset's, 1 as DEKR); a "
+        "larger unit is a larger step for that layer, for short runs",
     )  # fmt: skip
     p.add_argument("--optimizer", choices=["adam", "adamw"], default="adam", help="DEKR: adam")
     p.add_argument(

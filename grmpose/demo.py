@@ -56,6 +56,7 @@ class DemoConfig:
     offset_loss: float = 30.0
     offset_mean_pose: bool = True
     init: str = "kaiming"
+    offset_unit: float | None = None  # None: the preset's (1)
     flip_prob: float = 0.5
     sigma: float = 2.0
     center_sigma: float | None = None
@@ -99,6 +100,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             optimizer=cfg.optimizer, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, ema=cfg.ema,
             offset_loss=cfg.offset_loss, offset_mean_pose=cfg.offset_mean_pose, flip_prob=cfg.flip_prob,
             sigma=cfg.sigma, center_sigma=cfg.center_sigma, init=cfg.init,
+            offset_unit=cfg.offset_unit,
         )
     )  # fmt: skip
     checkpoint = run / "last.safetensors"

@@ -134,6 +134,9 @@ class TrainConfig:
     # weight initialisation: "dekr" (N(0, 0.001) convs, DEKR's) or "kaiming" (He's rule for the hidden
     # convs, for training without a pretrained backbone; grmpose.model.init_weights)
     init: str = "dekr"
+    # the offset head's unit (map px per unit of its last conv's output; grmpose.model.heads); None: the
+    # preset's (1, DEKR's). A larger unit is a larger step for that layer under Adam.
+    offset_unit: float | None = None
 
     def __post_init__(self) -> None:
         check_train_config(self)
@@ -166,6 +169,8 @@ def check_train_config(cfg: TrainConfig) -> None:
         bad("lr", "a positive number")
     if cfg.max_minutes is not None and not (cfg.max_minutes > 0 and np.isfinite(cfg.max_minutes)):
         bad("max_minutes", "a positive number")
+    if cfg.offset_unit is not None and not (cfg.offset_unit > 0 and np.isfinite(cfg.offset_unit)):
+        bad("offset_unit", "a positive number")
     if cfg.input_size is not None and (cfg.input_size < 32 or cfg.input_size % 32):
         bad("input_size", "a positive multiple of 32")
     if cfg.lr_steps is not None and any(s < 1 for s in cfg.lr_steps):
@@ -404,6 +409,8 @@ def train(cfg: TrainConfig) -> dict:
         model_cfg = get_preset(cfg.preset)
         if cfg.input_size:
             model_cfg = dataclasses.replace(model_cfg, input_size=cfg.input_size)
+        if cfg.offset_unit is not None:
+            model_cfg = dataclasses.replace(model_cfg, offset_unit=cfg.offset_unit)
     epochs, drops = schedule_plan(cfg, spec)
 
     torch.manual_seed(cfg.seed)

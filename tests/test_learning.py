@@ -122,6 +122,27 @@ def test_demo_end_to_end_writes_metrics_curve_and_pictures(tmp_path, capsys):
     assert data["info"]["max_people"] == 5 and data["info"]["height_range"] == [0.25, 0.9]
 
 
+def test_offset_unit_option_builds_the_head_with_that_unit(demo_level_data, tmp_path):
+    """``grmpose train --offset-unit 8``: the trained model's config (checkpoint) has unit 8 and its
+    offsets are 8 x its last conv's output; without the flag the preset's unit (1) is kept."""
+    from grmpose.checkpoint import load_model
+    from grmpose.cli import main
+
+    base = ["train", "--data", str(demo_level_data), "--preset", "tiny", "--input-size", "64", "--batch-size", "2",
+            "--max-steps", "1", "--val-every", "0", "--workers", "0", "--quiet"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "u8"), "--offset-unit", "8"]) == 0
+    assert main([*base, "--out", str(tmp_path / "u1")]) == 0
+    model, config, _ = load_model(tmp_path / "u8" / "last.safetensors")
+    assert config.offset_unit == 8.0 and model.offset_head.unit == 8.0
+    assert load_model(tmp_path / "u1" / "last.safetensors")[1].offset_unit == 1.0
+    model.offset_head.unit = 1.0
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        raw = model(x)[1]
+        model.offset_head.unit = 8.0
+        torch.testing.assert_close(model(x)[1], 8.0 * raw)
+
+
 def test_flip_prob_zero_never_mirrors_and_one_always_does():
     """``--flip-prob`` reaches the augmentation: the flip draws of 200 samples follow it."""
     from grmpose.data.transforms import AugmentRanges, sample_augment

@@ -433,7 +433,7 @@ def test_amp_overflow_is_not_a_step_and_the_scaler_resumes(synth, tmp_path, monk
      ("--lr", "nan"), ("--max-minutes", "-1"), ("--max-steps", "0"), ("--input-size", "50"),
      ("--workers", "-1"), ("--val-images", "0"), ("--log-every", "0"), ("--ema", "1"),
      ("--warmup-steps", "-1"), ("--weight-decay", "-0.1"), ("--min-lr-ratio", "2"), ("--flip-prob", "1.5"),
-     ("--sigma", "0")],
+     ("--sigma", "0"), ("--offset-unit", "0"), ("--offset-unit", "inf")],
 )  # fmt: skip
 def test_impossible_values_are_refused_in_one_line(tmp_path, capsys, flag, value):
     from grmpose.cli import main
