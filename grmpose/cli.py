@@ -289,10 +289,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     m = result["metrics"]
     t = result["train"]
     print(f"trained tiny for {t['minutes']:.1f} min: {t['steps']} steps, {t['images_per_s']:.1f} images/s")
-    print(f"held-out synthetic people ({m['images']} images from another seed, flip test):")
+    test = "flip test" if result["flip_test"] else "no flip test: the model was trained without mirrors"
+    print(f"held-out synthetic people ({m['images']} images from another seed, {test}):")
     print(format_metrics({k: v for k, v in m.items() if not k.startswith("images") and k != "results"}))
     met = "met" if m["AP"] >= result["goal_AP"] else "NOT met"
     print(f"AP {m['AP']:.3f} against the goal of {result['goal_AP']:g}: {met}")
+    if not result["flip_test"]:
+        print(f"AP with the flip test: {result['metrics_flip_test']['AP']:.3f}")
     pck = result["heatmap_pck"]
     print(
         f"joints the heatmaps place within 0.1 of the person's size (PCK, given the person): {pck['pck']:.3f}"

@@ -109,11 +109,14 @@ def test_demo_end_to_end_writes_metrics_curve_and_pictures(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0
     assert "against the goal of 0.5" in printed
+    assert "no flip test: the model was trained without mirrors" in printed and "AP with the flip test" in printed
     assert "PCK, given the person" in printed
     result = json.loads((out / "demo.json").read_text())
     assert 0.0 <= result["heatmap_pck"]["pck"] <= 1.0 and result["heatmap_pck"]["joints"] > 0
     assert result["goal_AP"] == 0.5 and 0.0 <= result["metrics"]["AP"] <= 1.0
     assert result["metrics"]["images"] == 3
+    assert result["flip_test"] is False and result["metrics_flip_test"]["images"] == 3
+    assert json.loads((out / "run" / "config.json").read_text())["train"]["flip_prob"] == 0.0
     points = json.loads((out / "learning_curve.json").read_text())["points"]
     assert points and all(p["minutes"] >= 0 and 0.0 <= p["AP"] <= 1.0 for p in points)
     assert [p["step"] for p in points] == sorted(p["step"] for p in points)
