@@ -1,6 +1,6 @@
 """Run every benchmark and write ``benchmarks/results/bench.json`` and ``bench.md``.
 
-    python -m benchmarks.run_all            # the full run (~45 min on 2 cores)
+    python -m benchmarks.run_all            # the full run (62 min on 2 cores on 2026-12-03)
     python -m benchmarks.run_all --quick    # smoke test: tiny only, few repeats, small streams
 
 All figures of one file come from one run on one machine; compare them as ratios.

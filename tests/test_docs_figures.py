@@ -119,13 +119,13 @@ def throughput_quotes() -> dict[str, list[str]]:
 
 def demo_levers_quotes() -> dict[str, list[str]]:
     rows = {r["case"]: r for r in results("demo_levers.json")["rows"]}
-    base, dekr, lr, batch4 = rows["base"], rows["dekr_init"], rows["lr5e-3"], rows["batch4"]
+    base, flips, flips8, unit8 = rows["base"], rows["flips"], rows["flips_unit8"], rows["unit8"]
     return {
         "README.md": [
-            f"{base['steps']} steps, PCK {base['heatmap_pck']:.3f}, AP {base['AP']:.4f}",
-            f"initialisation: PCK {dekr['heatmap_pck']:.3f}, AP {dekr['AP']:.4f}",
-            f"learning rate 5e-3: PCK {lr['heatmap_pck']:.3f}, AP {lr['AP']:.4f}",
-            f"batch 4 ({batch4['steps']} steps): PCK {batch4['heatmap_pck']:.3f}, AP {batch4['AP']:.4f}",
+            f"no flips: {base['steps']} steps, PCK {base['heatmap_pck']:.3f}, AP {base['AP']:.4f}",
+            f"with flips: {flips['steps']} steps, PCK {flips['heatmap_pck']:.3f}, AP {flips['AP']:.4f}",
+            f"units of 8 map px: PCK {flips8['heatmap_pck']:.3f}, AP {flips8['AP']:.4f} with flips and "
+            f"PCK {unit8['heatmap_pck']:.3f}, AP {unit8['AP']:.4f} without",
         ]
     }
 
@@ -135,8 +135,9 @@ def demo_quotes() -> dict[str, list[str]]:
     t, m = r["train"], r["metrics"]
     return {
         "README.md": [
-            f"for 6 minutes ({t['steps']} steps, {t['images_per_s']:.1f} images/s)",
-            f"flip test: **AP {m['AP']:.4f}** (AP50 {m['AP50']:.3f})",
+            f"for {r['config']['minutes']:g} minutes ({t['steps']} steps, {t['images_per_s']:.1f} images/s)",
+            f"without the flip test: **AP {m['AP']:.4f}** (AP50 {m['AP50']:.3f})",
+            f"with the flip test: AP {r['metrics_flip_test']['AP']:.4f}",
             f"heatmap PCK {r['heatmap_pck']['pck']:.3f}",
         ]
     }
