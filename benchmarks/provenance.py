@@ -36,9 +36,10 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     return "called from: " + shlex.join(["python", *sys.argv])
 
 
-def provenance(module: str, argv: Sequence[str] | None = None) -> dict[str, str]:
-    """``{"git": revision (with "-dirty" for uncommitted changes), "command": command_line(...)}``."""
-    return {"git": git_revision(), "command": command_line(module, argv)}
+def provenance(module: str, argv: Sequence[str] | None = None, command: str | None = None) -> dict[str, str]:
+    """``{"git": revision (with "-dirty" for uncommitted changes), "command": command_line(...)}``;
+    ``command`` names the command that ran instead (a benchmark run as part of another one)."""
+    return {"git": git_revision(), "command": command or command_line(module, argv)}
 
 
 def write_results_json(
@@ -48,13 +49,14 @@ def write_results_json(
     argv: Sequence[str] | None = None,
     indent: int = 2,
     default: Callable | None = str,
+    command: str | None = None,
 ) -> dict:
     """Write ``record`` to ``path`` as JSON with a ``provenance`` entry, atomically.
 
     Returns:
         the record as written (``record`` itself, with ``provenance`` set).
     """
-    record["provenance"] = provenance(module, argv)
+    record["provenance"] = provenance(module, argv, command)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=indent, default=default))
     return record

@@ -28,6 +28,7 @@ FULL_PRESETS = ("tiny", "grmpose-w32", "grmpose-w32-nogrm", "grmpose-w32-nomfa",
                 "dekr-w32", "grmpose-w48")  # fmt: skip
 ORT_PRESETS = ("tiny", "grmpose-w32", "grmpose-w32-base", "dekr-w32")
 COMPILE_PRESETS = ("grmpose-w32", "dekr-w32")
+RUN_ALL = "python -m benchmarks.run_all"  # the command recorded in the files the run's parts write
 
 
 def load_average() -> list[float]:
@@ -126,14 +127,15 @@ def extras_section(quick: bool, threads: int, out_dir: Path) -> dict:
     kwargs = ({"preset": "tiny", "images": 16, "image_size": 256} if quick else {"preset": "grmpose-w32", "images": 100,
               "image_size": 512})  # fmt: skip
     throughput = run_child("benchmarks.throughput", "run", {**kwargs, "batch": 8, "workers": 2, "threads": threads,
-                                                           "out_dir": str(out_dir)}, threads, 3600)  # fmt: skip
+                                                           "out_dir": str(out_dir), "command": RUN_ALL + (" --quick" if quick else "")},
+                     threads, 3600)  # fmt: skip
     from benchmarks import scaling
 
     if quick:
         sweep = scaling.run(("tiny",), (64, 128), (1, 2), reference_size=128, repeats=1, warmup=0, threads=threads,
-                            out_dir=out_dir)  # fmt: skip
+                            out_dir=out_dir, command=RUN_ALL + " --quick")  # fmt: skip
     else:
-        sweep = scaling.run(threads=threads, out_dir=out_dir)
+        sweep = scaling.run(threads=threads, out_dir=out_dir, command=RUN_ALL)
     return {"precision": precision, "throughput": throughput, "scaling": sweep}
 
 

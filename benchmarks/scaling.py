@@ -73,7 +73,7 @@ def points(presets, sizes, batches, grid: bool, reference_size: int) -> list[tup
 
 
 def run(presets=PRESETS, sizes=SIZES, batches=BATCHES, reference_size: int = 512, grid: bool = False,
-        repeats: int = 2, warmup: int = 1, threads: int = 2, out_dir: Path = RESULTS) -> dict:  # fmt: skip
+        repeats: int = 2, warmup: int = 1, threads: int = 2, out_dir: Path = RESULTS, command: str | None = None) -> dict:  # fmt: skip
     """Measure every point (one child process each) and write JSON, Markdown and the PNG."""
     rows = []
     for preset, size, batch in points(presets, sizes, batches, grid, reference_size):
@@ -88,7 +88,8 @@ def run(presets=PRESETS, sizes=SIZES, batches=BATCHES, reference_size: int = 512
         "load_average": [round(x, 2) for x in os.getloadavg()], "reference_size": reference_size, "rows": rows,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_results_json(out_dir / "scaling.json", result, "benchmarks.scaling", indent=1, default=None)
+    write_results_json(out_dir / "scaling.json", result, "benchmarks.scaling", indent=1, default=None,
+                       command=command)  # command: the run this is part of (run_all)
     result["plot"] = plot(result, out_dir / "scaling.png")
     (out_dir / "scaling.md").write_text(markdown(result))
     return result

@@ -29,7 +29,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run(preset: str = "grmpose-w32", images: int = 100, image_size: int = 512, batch: int = 8, workers: int = 2,
-        threads: int = 2, backend: str = "torch", out_dir: Path = RESULTS) -> dict:  # fmt: skip
+        threads: int = 2, backend: str = "torch", out_dir: Path = RESULTS, command: str | None = None) -> dict:  # fmt: skip
     """The three runs; returns (and writes) their images/s and the ratios to the first."""
     from grmpose.data.synthetic import generate
     from grmpose.predict import predict_main
@@ -53,7 +53,8 @@ def run(preset: str = "grmpose-w32", images: int = 100, image_size: int = 512, b
         "load_average": [round(v, 2) for v in os.getloadavg()], "rows": rows,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_results_json(out_dir / "throughput.json", result, "benchmarks.throughput", indent=1, default=None)
+    write_results_json(out_dir / "throughput.json", result, "benchmarks.throughput", indent=1, default=None,
+                       command=command)  # command: the run this is part of (run_all)
     (out_dir / "throughput.md").write_text(markdown(result))
     return result
 

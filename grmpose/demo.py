@@ -35,13 +35,14 @@ class DemoConfig:
 
     No horizontal flips, in training or at test time: the synthetic figures draw their left limbs
     lighter than their right ones, a cue that a mirror moves to the side labelled "right". Trained
-    with flips, the model cannot use it and regresses each left/right pair towards its midpoint
-    (``benchmarks/results/demo_levers.md``). The AP with the flip test is reported beside the main
-    figure (``metrics_flip_test``).
+    with flips, the model can tell left from right only by the person's facing; at a fixed budget
+    it placed fewer joints and scored less (``benchmarks/results/demo_levers.md``). The AP with the
+    flip test is reported beside the main figure (``metrics_flip_test``).
     """
 
     out: str = "runs/demo"
-    minutes: float = 7.5  # + ~50 s of data generation, evaluation and pictures: <= 10 min in all
+    # training budget; a fresh run adds ~75 s (data generation 50 s, evaluation, pictures): 8 min 46 s here
+    minutes: float = 7.5
     train_images: int = 2000
     val_images: int = 200
     image_size: int = 256
