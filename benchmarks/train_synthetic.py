@@ -2,8 +2,8 @@
 
 Trains on a synthetic COCO-17 set (seed 0) and evaluates on a held-out synthetic set generated
 from a different seed (the generator's derived validation seed), with the demo's recipe
-(``DemoConfig``: since 2026-12-03 no flips in training and no flip test; the recorded 45-minute run
-predates that and used both, as its ``config`` shows). Records AP and training images/s.
+(``DemoConfig``: no flips in training and no flip test; the run of the previous round used both, as
+its ``config`` in git history shows). Records AP and training images/s.
 
     python -m benchmarks.train_synthetic [--minutes 15] [--out runs/bench_synthetic]
 
