@@ -28,7 +28,7 @@ FULL_PRESETS = ("tiny", "grmpose-w32", "grmpose-w32-nogrm", "grmpose-w32-nomfa",
                 "dekr-w32", "grmpose-w48")  # fmt: skip
 ORT_PRESETS = ("tiny", "grmpose-w32", "grmpose-w32-base", "dekr-w32")
 COMPILE_PRESETS = ("grmpose-w32", "dekr-w32")
-RUN_ALL = "python -m benchmarks.run_all"  # the command recorded in the files the run's parts write
+RUN_ALL = "python -m benchmarks.run_all"
 
 
 def load_average() -> list[float]:
@@ -116,6 +116,7 @@ def extras_section(quick: bool, threads: int, out_dir: Path) -> dict:
     """Issue 12's measurements, each in child processes: fp32/bf16/int8 latency (random weights; AP needs
     ``benchmarks.precision`` with a trained checkpoint), folder throughput of ``grmpose predict`` and the
     size/batch scaling sweep (which also writes ``scaling.png`` into ``out_dir``)."""
+    command = RUN_ALL + (" --quick" if quick else "")  # what the throughput and scaling files record
     presets = ("tiny",) if quick else ("grmpose-w32", "dekr-w32")
     size = 128 if quick else None
     precision = [
@@ -127,15 +128,14 @@ def extras_section(quick: bool, threads: int, out_dir: Path) -> dict:
     kwargs = ({"preset": "tiny", "images": 16, "image_size": 256} if quick else {"preset": "grmpose-w32", "images": 100,
               "image_size": 512})  # fmt: skip
     throughput = run_child("benchmarks.throughput", "run", {**kwargs, "batch": 8, "workers": 2, "threads": threads,
-                                                           "out_dir": str(out_dir), "command": RUN_ALL + (" --quick" if quick else "")},
-                     threads, 3600)  # fmt: skip
+                                                           "out_dir": str(out_dir), "command": command}, threads, 3600)  # fmt: skip
     from benchmarks import scaling
 
     if quick:
         sweep = scaling.run(("tiny",), (64, 128), (1, 2), reference_size=128, repeats=1, warmup=0, threads=threads,
-                            out_dir=out_dir, command=RUN_ALL + " --quick")  # fmt: skip
+                            out_dir=out_dir, command=command)  # fmt: skip
     else:
-        sweep = scaling.run(threads=threads, out_dir=out_dir, command=RUN_ALL)
+        sweep = scaling.run(threads=threads, out_dir=out_dir, command=command)
     return {"precision": precision, "throughput": throughput, "scaling": sweep}
 
 

@@ -114,11 +114,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     metrics = evaluate_checkpoint(
         checkpoint, str(data), split="val", out=out / "eval", flip=cfg.flip, progress=cfg.progress
     )
-    flip_metrics = None
-    if not cfg.flip:  # the protocol (flip test), reported beside the main figure
-        flip_metrics = evaluate_checkpoint(
-            checkpoint, str(data), split="val", out=out / "eval_flip", flip=True, progress=cfg.progress
-        )
+    # the protocol (flip test), reported beside the main figure when that is without it
+    flip_metrics = metrics if cfg.flip else evaluate_checkpoint(
+        checkpoint, str(data), split="val", out=out / "eval_flip", flip=True, progress=cfg.progress
+    )  # fmt: skip
     points = learning_curve(run / "log.jsonl")  # a new run starts a new log (grmpose.train.RunLog)
     curve = write_learning_curve(
         points, out / "learning_curve.json", out / "learning_curve.png",
@@ -130,7 +129,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     result = {
         "metrics": metrics,
         "flip_test": cfg.flip,
-        "metrics_flip_test": flip_metrics if flip_metrics is not None else metrics,
+        "metrics_flip_test": flip_metrics,
         "heatmap_pck": localisation(checkpoint, data, cfg.input_size),
         "goal_AP": GOAL_AP,
         "train": summary,
