@@ -40,6 +40,8 @@ def record(run: Path, wall_seconds: float, command: str, argv: list[str] | None)
         "heatmap_pck": pck,
         "flip_test": demo.get("flip_test", True),
         "metrics_flip_test": demo.get("metrics_flip_test", m),
+        "rescore": demo.get("rescore"),
+        "metrics_no_rescore": demo.get("metrics_no_rescore", m),
         "train": t,
         "learning_curve": demo.get("learning_curve_points", []),
         "config": cfg,
@@ -61,6 +63,7 @@ def record(run: Path, wall_seconds: float, command: str, argv: list[str] | None)
         f"| AP50 | {m['AP50']:.4f} | |",
         f"| AR | {m['AR']:.4f} | |",
         *([] if demo.get("flip_test", True) else [f"| AP with the flip test | {demo['metrics_flip_test']['AP']:.4f} | |"]),
+        *([f"| AP without the rescoring net | {demo['metrics_no_rescore']['AP']:.4f} | |"] if demo.get("rescore") else []),
         f"| heatmap PCK (given the person, no flip) | {pck['pck']:.3f} | |",
         "",
         "Heatmap PCK per keypoint (`grmpose/heatmap_pck.py`: the maximum of the keypoint's map inside "

@@ -50,7 +50,10 @@ def run_case(name: str, minutes: float, root: Path, data_from: Path | None) -> d
     out.mkdir(parents=True, exist_ok=True)
     if data_from is not None and not (out / "data").exists():
         (out / "data").symlink_to(data_from.resolve(), target_is_directory=True)
-    cfg = DemoConfig(out=str(out), minutes=minutes, progress=False, curve_images=0, pictures=2, **fields)
+    # without the rescoring net: the rows compare training changes (and were measured before it)
+    cfg = DemoConfig(
+        out=str(out), minutes=minutes, progress=False, curve_images=0, pictures=2, rescore_images=0, **fields
+    )
     t0 = time.time()
     result = run_demo(cfg)
     hybrid = evaluate_checkpoint(

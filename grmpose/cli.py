@@ -296,6 +296,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"AP {m['AP']:.3f} against the goal of {result['goal_AP']:g}: {met}")
     if not result["flip_test"]:
         print(f"AP with the flip test: {result['metrics_flip_test']['AP']:.3f}")
+    if result["rescore"]:
+        print(f"AP without the rescoring net: {result['metrics_no_rescore']['AP']:.3f}")
     pck = result["heatmap_pck"]
     print(
         f"joints the heatmaps place within 0.1 of the person's size (PCK, given the person): {pck['pck']:.3f}"

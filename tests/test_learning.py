@@ -116,6 +116,13 @@ def test_demo_end_to_end_writes_metrics_curve_and_pictures(tmp_path, capsys):
     assert result["goal_AP"] == 0.5 and 0.0 <= result["metrics"]["AP"] <= 1.0
     assert result["metrics"]["images"] == 3
     assert result["flip_test"] is False and result["metrics_flip_test"]["images"] == 3
+    # DEKR's rescoring net when the model predicted poses on its training images, else none
+    if result["rescore"]:
+        assert (out / "rescore.safetensors").is_file() and "AP without the rescoring net" in printed
+        assert result["metrics_no_rescore"]["images"] == 3
+        assert json.loads((out / "eval" / "metrics.json").read_text())["AP"] == result["metrics"]["AP"]
+    else:
+        assert not (out / "rescore.safetensors").exists() and result["metrics_no_rescore"] == result["metrics"]
     assert json.loads((out / "run" / "config.json").read_text())["train"]["flip_prob"] == 0.0
     points = json.loads((out / "learning_curve.json").read_text())["points"]
     assert points and all(p["minutes"] >= 0 and 0.0 <= p["AP"] <= 1.0 for p in points)

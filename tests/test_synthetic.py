@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from grmpose.data import synthetic_body, synthetic_render
+from grmpose.data import synthetic, synthetic_body, synthetic_render
 from grmpose.data.synthetic import (
     crowd_index,
     generate,
@@ -54,6 +54,25 @@ def test_same_seed_same_bytes_and_image_independence(tmp_path):
     # image i depends on (seed, i) only, not on how many images are generated
     generate_dataset(c, COCO, 2, seed=11, image_size=SIZE, max_people=5)
     assert (c / "train" / "000001.jpg").read_bytes() == (a / "train" / "000001.jpg").read_bytes()
+
+
+def test_worker_processes_write_the_same_dataset(tmp_path, monkeypatch):
+    # several chunks per process, a last chunk shorter than the others, and CrowdPose's crowdIndex
+    monkeypatch.setattr(synthetic, "_CHUNK", 2)
+    for spec in (COCO, CROWDPOSE):
+        one, two = tmp_path / f"{spec.name}_1", tmp_path / f"{spec.name}_2"
+        generate(one, spec, 7, 3, seed=4, image_size=SIZE, max_people=4, workers=1)
+        generate(two, spec, 7, 3, seed=4, image_size=SIZE, max_people=4, workers=2)
+        assert folder_hashes(one) == folder_hashes(two)
+        ids = [a["id"] for a in load(two)["annotations"]]
+        assert ids == list(range(1, len(ids) + 1))
+    with pytest.raises(ValueError, match="workers"):
+        generate_dataset(tmp_path / "bad", COCO, 2, seed=0, image_size=SIZE, workers=0)
+
+
+def test_default_workers_start_processes_only_for_larger_sets(monkeypatch):
+    monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
+    assert [synthetic.default_generate_workers(n) for n in (0, 50, 199, 200, 2000)] == [1, 1, 1, 2, 2]
 
 
 def test_different_seeds_and_splits_differ(tmp_path):

@@ -25,8 +25,12 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +143,91 @@ def update_dataset_yaml(out_dir: str | Path, spec: KeypointSpec, splits: Iterabl
     return path
 
 
+@dataclass(frozen=True)
+class _RenderJob:
+    """What every image of one split shares (sent once to each worker process)."""
+
+    spec: KeypointSpec
+    seed: int
+    width: int
+    height: int
+    max_people: int
+    height_range: tuple[float, float] | None
+    image_dir: str
+    image_format: str
+    jpeg_quality: int
+
+    def render(self, i: int) -> tuple[dict, list[dict]]:
+        """Draw and save image ``i``; return its ``images`` entry and its annotations (no ids yet)."""
+        rng = np.random.default_rng([self.seed, i])
+        image, people = render_scene(rng, self.spec, self.width, self.height, self.max_people, self.height_range)
+        file_name = f"{i:06d}.{self.image_format}"
+        path = Path(self.image_dir) / file_name
+        if self.image_format == "jpg":
+            image.save(path, quality=self.jpeg_quality)
+        else:
+            image.save(path)
+        entry: dict = {"id": i + 1, "file_name": file_name, "width": self.width, "height": self.height}
+        boxes, annotations = [], []
+        for person in people:
+            kp = person.keypoints
+            flat = []
+            for x, y, v in kp:
+                flat += [round(float(x), 2), round(float(y), 2), int(v)]
+            box = mask_box(person.mask)
+            boxes.append(box)
+            annotations.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "keypoints": flat,
+                    "num_keypoints": int((kp[:, 2] > 0).sum()),
+                    "bbox": box,
+                    "area": float(person.mask.sum()),
+                    "iscrowd": 0,
+                    "segmentation": mask_to_rle(person.mask),
+                }
+            )
+        if self.spec.crowd_eval:
+            kps = np.array([p.keypoints for p in people])
+            entry["crowdIndex"] = round(crowd_index(kps, np.array(boxes)), 4)
+        return entry, annotations
+
+    def render_range(self, bounds: tuple[int, int]) -> list[tuple[dict, list[dict]]]:
+        return [self.render(i) for i in range(*bounds)]
+
+
+#: Images per task handed to a worker process (small enough for a smooth progress bar).
+_CHUNK = 25
+
+
+def default_generate_workers(num_images: int) -> int:
+    """Processes that ``generate_dataset`` uses by default: one per core, but only from 100 images
+    per process on (below that, starting the processes costs more than they save)."""
+    return max(1, min(os.cpu_count() or 1, num_images // 100))
+
+
+def _render_all(job: _RenderJob, num_images: int, workers: int | None) -> Iterator[tuple[dict, list[dict]]]:
+    """Every image's ``(entry, annotations)`` in index order, rendered by ``workers`` processes.
+
+    Each image depends on ``(seed, i)`` alone, so the files and annotations are the same whatever
+    the number of processes.
+    """
+    workers = default_generate_workers(num_images) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers == 1:
+        for i in range(num_images):
+            yield job.render(i)
+        return
+    chunks = [(lo, min(lo + _CHUNK, num_images)) for lo in range(0, num_images, _CHUNK)]
+    # spawn, not fork: the caller may hold threads (torch's), which fork does not copy safely
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        for chunk in pool.map(job.render_range, chunks):
+            yield from chunk
+
+
 def generate_dataset(
     out_dir: str | Path,
     spec: str | KeypointSpec,
@@ -151,6 +240,7 @@ def generate_dataset(
     jpeg_quality: int = 92,
     progress: ProgressFn | None = None,
     height_range: tuple[float, float] | None = None,
+    workers: int | None = None,
 ) -> Path:
     """Generate one split: ``out_dir/{split}/NNNNNN.{jpg,png}`` and ``out_dir/{split}.json``.
 
@@ -163,6 +253,8 @@ def generate_dataset(
         progress: optional wrapper of the loop over image indices (e.g. ``tqdm.tqdm``).
         height_range: people's standing heights as fractions ``(lo, hi)`` of the image height;
             ``None`` (the crowd level) makes people smaller the more there are (``sample_figures``).
+        workers: processes drawing the images (default ``default_generate_workers``); the output
+            is the same for any number.
     """
     spec = get_spec(spec)
     spec_body_points(spec)
@@ -182,39 +274,10 @@ def generate_dataset(
     indices: Iterable[int] = range(num_images)
     if progress is not None:
         indices = progress(indices)
-    for i in indices:
-        rng = np.random.default_rng([seed, i])
-        image, people = render_scene(rng, spec, width, height, max_people, height_range)
-        file_name = f"{i:06d}.{image_format}"
-        if image_format == "jpg":
-            image.save(image_dir / file_name, quality=jpeg_quality)
-        else:
-            image.save(image_dir / file_name)
-        entry: dict = {"id": i + 1, "file_name": file_name, "width": width, "height": height}
-        boxes = []
-        for person in people:
-            kp = person.keypoints
-            flat = []
-            for x, y, v in kp:
-                flat += [round(float(x), 2), round(float(y), 2), int(v)]
-            box = mask_box(person.mask)
-            boxes.append(box)
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": i + 1,
-                    "category_id": 1,
-                    "keypoints": flat,
-                    "num_keypoints": int((kp[:, 2] > 0).sum()),
-                    "bbox": box,
-                    "area": float(person.mask.sum()),
-                    "iscrowd": 0,
-                    "segmentation": mask_to_rle(person.mask),
-                }
-            )
-        if spec.crowd_eval:
-            kps = np.array([p.keypoints for p in people])
-            entry["crowdIndex"] = round(crowd_index(kps, np.array(boxes)), 4)
+    job = _RenderJob(spec, seed, width, height, max_people, height_range, str(image_dir), image_format, jpeg_quality)
+    for (entry, people), _ in zip(_render_all(job, num_images, workers), indices):
+        for ann in people:
+            annotations.append({"id": len(annotations) + 1, **ann})
         images.append(entry)
 
     data = {
@@ -250,15 +313,16 @@ def generate(
     max_people: int = 15,
     progress: ProgressFn | None = None,
     height_range: tuple[float, float] | None = None,
+    workers: int | None = None,
 ) -> Path:
     """Generate ``train`` (from ``seed``) and ``val`` (from a derived seed); return dataset.yaml."""
     generate_dataset(
         out_dir, spec, train_images, seed, image_size, "train", max_people, progress=progress,
-        height_range=height_range,
+        height_range=height_range, workers=workers,
     )  # fmt: skip
     generate_dataset(
         out_dir, spec, val_images, derived_seed(seed, 1), image_size, "val", max_people, progress=progress,
-        height_range=height_range,
+        height_range=height_range, workers=workers,
     )  # fmt: skip
     return Path(out_dir) / "dataset.yaml"
 
