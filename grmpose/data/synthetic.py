@@ -160,7 +160,9 @@ class _RenderJob:
     def render(self, i: int) -> tuple[dict, list[dict]]:
         """Draw and save image ``i``; return its ``images`` entry and its annotations (no ids yet)."""
         rng = np.random.default_rng([self.seed, i])
-        image, people = render_scene(rng, self.spec, self.width, self.height, self.max_people, self.height_range)
+        image, people = render_scene(
+            rng, self.spec, self.width, self.height, self.max_people, self.height_range
+        )
         file_name = f"{i:06d}.{self.image_format}"
         path = Path(self.image_dir) / file_name
         if self.image_format == "jpg":
@@ -274,7 +276,9 @@ def generate_dataset(
     indices: Iterable[int] = range(num_images)
     if progress is not None:
         indices = progress(indices)
-    job = _RenderJob(spec, seed, width, height, max_people, height_range, str(image_dir), image_format, jpeg_quality)
+    job = _RenderJob(
+        spec, seed, width, height, max_people, height_range, str(image_dir), image_format, jpeg_quality
+    )
     for (entry, people), _ in zip(_render_all(job, num_images, workers), indices):
         for ann in people:
             annotations.append({"id": len(annotations) + 1, **ann})
