@@ -45,8 +45,8 @@ class DemoConfig:
     """
 
     out: str = "runs/demo"
-    # training budget; a fresh run adds ~75 s (data generation 50 s, evaluation, pictures): 8 min 46 s here
-    minutes: float = 7.5
+    # training budget; a fresh run adds ~70 s (data generation ~25 s, rescoring net, evaluation, pictures)
+    minutes: float = 8.0
     train_images: int = 2000
     val_images: int = 200
     image_size: int = 256
