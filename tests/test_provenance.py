@@ -102,6 +102,8 @@ def _train_synthetic(monkeypatch, tmp_path):
         "metrics": {"AP": 0.1, "images": 3},
         "train": {"minutes": 0.1, "steps": 2, "images_per_s": 4.0},
         "heatmap_pck": {"pck": 0.2, "per_keypoint": {"nose": 0.2}, "joints": 5},
+        "rescore": "run/rescore.safetensors",
+        "metrics_no_rescore": {"AP": 0.05, "images": 3, "results": "run/eval_no_rescore/results.json"},
     }
     monkeypatch.setattr(benchmarks.train_synthetic, "run_demo", lambda cfg: result)
     monkeypatch.setattr(benchmarks.train_synthetic, "RESULTS", tmp_path)
