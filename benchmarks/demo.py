@@ -76,13 +76,15 @@ def record(run: Path, wall_seconds: float, command: str, argv: list[str] | None)
     if out["learning_curve"]:
         lines += [
             "",
-            f"Learning curve ({cfg['curve_images']} held-out images per point, no flip):",
+            f"Learning curve ({cfg['curve_images']} held-out images per point, no flip; the heatmap PCK on "
+            "the first 100 of them at most):",
             "",
-            "| minutes | step | AP | AP50 |",
-            "|---|---|---|---|",
+            "| minutes | step | AP | AP50 | heatmap PCK |",
+            "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {p['minutes']:.2f} | {p['step']} | {p['AP']:.4f} | {p['AP50']:.4f} |"
+            f"| {p['minutes']:.2f} | {p['step']} | {p['AP']:.4f} | {p['AP50']:.4f} "
+            f"| {'-' if p.get('heatmap_pck') is None else format(p['heatmap_pck'], '.3f')} |"
             for p in out["learning_curve"]
         ]
     (RESULTS / "demo.md").write_text("\n".join(lines) + "\n")

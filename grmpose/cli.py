@@ -129,6 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size,
         accumulate=args.accumulate, lr=args.lr, input_size=args.input_size, workers=args.workers,
         seed=args.seed, val_every=args.val_every, val_images=args.val_images, max_minutes=args.max_minutes,
+        val_pck_images=args.val_pck_images,
         max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, device=args.device,
         resume=args.resume, amp=not args.no_amp, progress=not args.quiet, schedule=args.schedule,
         lr_steps=tuple(args.lr_steps) if args.lr_steps else None, offset_loss=args.offset_loss,
@@ -382,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (0: never)")
     p.add_argument("--val-images", type=int, default=None, help="validate on the first N images")
+    p.add_argument(
+        "--val-pck-images", type=int, default=100,
+        help="also measure the heatmap PCK (given the person) on the first N validation images (0: off)",
+    )  # fmt: skip
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this much time")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")

@@ -1,6 +1,6 @@
-"""Learning curves: AP against training minutes, read from a run's ``log.jsonl``.
+"""Learning curves: AP (and heatmap PCK) against training minutes, read from a run's ``log.jsonl``.
 
-Training writes one ``{"kind": "val", "minutes": ..., "AP": ...}`` record per validation
+Training writes one ``{"kind": "val", "minutes": ..., "AP": ..., "heatmap_pck": ...}`` record per validation
 (``grmpose.train``); :func:`learning_curve` collects them, :func:`write_learning_curve` writes them as
 JSON and, when matplotlib is installed, as a PNG plot.
 """
@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def learning_curve(log_path: str | Path) -> list[dict]:
-    """The validation points of a run: ``[{"minutes", "step", "AP", "AP50"}, ...]`` in log order.
+    """The validation points of a run: ``[{"minutes", "step", "AP", "AP50", "heatmap_pck"}, ...]`` in
+    log order (``heatmap_pck`` is None where the run did not measure it).
 
     ``minutes`` is the training time (the time budget's clock) when the validation started.
     """
@@ -23,7 +24,7 @@ def learning_curve(log_path: str | Path) -> list[dict]:
     for line in Path(log_path).read_text().splitlines():
         record = json.loads(line)
         if record.get("kind") == "val" and "AP" in record:
-            points.append({key: record.get(key) for key in ("minutes", "step", "AP", "AP50")})
+            points.append({key: record.get(key) for key in ("minutes", "step", "AP", "AP50", "heatmap_pck")})
     return points
 
 
@@ -34,8 +35,9 @@ def write_learning_curve(
     title: str,
     goal: float | None = None,
 ) -> Path | None:
-    """Write the points as JSON and plot AP (and AP50) against minutes; returns the PNG path (or None
-    when matplotlib is missing or there are no points)."""
+    """Write the points as JSON and plot AP (and AP50, and the heatmap PCK when every point has
+    them) against minutes; returns the PNG path (or None when matplotlib is missing or there are no
+    points)."""
     Path(json_path).write_text(
         json.dumps({"title": title, "goal_AP": goal, "points": points}, indent=2) + "\n"
     )
@@ -54,10 +56,12 @@ def write_learning_curve(
     ax.plot(minutes, [p["AP"] for p in points], "o-", label="AP")
     if all(p.get("AP50") is not None for p in points):
         ax.plot(minutes, [p["AP50"] for p in points], "s--", alpha=0.7, label="AP50")
+    if all(p.get("heatmap_pck") is not None for p in points):
+        ax.plot(minutes, [p["heatmap_pck"] for p in points], "^-.", alpha=0.8, label="heatmap PCK (given the person)")
     if goal is not None:
         ax.axhline(goal, color="grey", linestyle=":", label=f"goal AP {goal:g}")
     ax.set_xlabel("training minutes (this CPU)")
-    ax.set_ylabel("OKS AP (held-out set)")
+    ax.set_ylabel("held-out set: OKS AP, PCK")
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)

@@ -45,6 +45,7 @@ from grmpose.data.coco import (
     DataError,
     ImageRecord,
     annotated_images,
+    load_coco_keypoints,
     load_split,
     resolve_dataset,
     resolve_dataset_parts,
@@ -99,6 +100,9 @@ class TrainConfig:
     val_every: int = 1  # epochs; 0 = never
     val_images: int | None = None  # evaluate on the first N validation images only
     val_flip: bool = True
+    # heatmap PCK given the person (grmpose.heatmap_pck) on the first N validation images at each
+    # validation: the localisation that moves long before AP does; 0 = off
+    val_pck_images: int = 100
     max_minutes: float | None = None  # stop after this much time; lr steps then follow time, not epochs
     max_steps: int | None = None  # stop after this many optimiser steps in total
     checkpoint_every: int = 0  # steps; 0 = only at the end of each epoch
@@ -160,7 +164,7 @@ def check_train_config(cfg: TrainConfig) -> None:
             bad(field, "at least 1")
     if cfg.workers is not None and cfg.workers < 0:
         bad("workers", "0 or more")
-    for field in ("val_every", "checkpoint_every", "warmup_steps"):
+    for field in ("val_every", "checkpoint_every", "warmup_steps", "val_pck_images"):
         if getattr(cfg, field) < 0:
             bad(field, "0 or more")
     if cfg.accumulate > cfg.batch_size:
@@ -778,10 +782,30 @@ def _train_step(
 
 
 # ---------------------------------------------------------------------------- validation
+def _validation_pck(
+    model: nn.Module, cfg: TrainConfig, spec: KeypointSpec, input_size: int, ann_file, image_dir
+) -> float | None:
+    """Heatmap PCK (``grmpose.heatmap_pck``) on the first validation images by id; None when the
+    split has no labelled person or an image cannot be read (the AP above already counted it)."""
+    from grmpose.heatmap_pck import heatmap_pck
+
+    limit = cfg.val_pck_images if cfg.val_images is None else min(cfg.val_pck_images, cfg.val_images)
+    records = sorted(load_coco_keypoints(ann_file, image_dir, spec), key=lambda r: r.image_id)[:limit]
+    was_training = model.training
+    try:
+        result = heatmap_pck(model, records, spec, input_size)
+    except DataError as err:
+        log.warning("no heatmap PCK this validation: %s", err)
+        return None
+    finally:
+        model.train(was_training)
+    return result["pck"] if result["joints"] else None
+
+
 def _validate(
     model: nn.Module, cfg: TrainConfig, spec: KeypointSpec, input_size: int, device, info: DistInfo, out: Path
 ) -> dict:
-    """AP on the validation split (rank 0; others wait)."""
+    """AP on the validation split, and the heatmap PCK on its first images (rank 0; others wait)."""
     metrics: dict = {}
     if info.main:
         try:
@@ -796,6 +820,10 @@ def _validate(
                 unwrap(model), spec, input_size, ann_file, image_dir, out / "val_results.json",
                 flip=cfg.val_flip, max_images=cfg.val_images, progress=cfg.progress, device=device,
             )  # fmt: skip
+            if cfg.val_pck_images:
+                pck = _validation_pck(unwrap(model), cfg, spec, input_size, ann_file, image_dir)
+                if pck is not None:
+                    metrics["heatmap_pck"] = pck
     if info.world > 1:
         dist.barrier()
     return metrics

@@ -84,13 +84,13 @@ def test_learning_curve_reads_val_records_and_plots(tmp_path):
         {"kind": "train", "step": 10, "loss": 1.0},
         {"kind": "val", "epoch": 0, "step": 20, "minutes": 1.5, "AP": 0.1, "AP50": 0.3},
         {"kind": "epoch", "step": 20},
-        {"kind": "val", "epoch": 1, "step": 40, "minutes": 3.0, "AP": 0.25, "AP50": 0.5},
+        {"kind": "val", "epoch": 1, "step": 40, "minutes": 3.0, "AP": 0.25, "AP50": 0.5, "heatmap_pck": 0.4},
     ]
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     points = learning_curve(tmp_path / "log.jsonl")
     assert points == [
-        {"minutes": 1.5, "step": 20, "AP": 0.1, "AP50": 0.3},
-        {"minutes": 3.0, "step": 40, "AP": 0.25, "AP50": 0.5},
+        {"minutes": 1.5, "step": 20, "AP": 0.1, "AP50": 0.3, "heatmap_pck": None},
+        {"minutes": 3.0, "step": 40, "AP": 0.25, "AP50": 0.5, "heatmap_pck": 0.4},
     ]
     png = write_learning_curve(points, tmp_path / "c.json", tmp_path / "c.png", "test", goal=0.5)
     assert json.loads((tmp_path / "c.json").read_text())["points"] == points
@@ -126,6 +126,8 @@ def test_demo_end_to_end_writes_metrics_curve_and_pictures(tmp_path, capsys):
     assert json.loads((out / "run" / "config.json").read_text())["train"]["flip_prob"] == 0.0
     points = json.loads((out / "learning_curve.json").read_text())["points"]
     assert points and all(p["minutes"] >= 0 and 0.0 <= p["AP"] <= 1.0 for p in points)
+    # each validation also measured the heatmap PCK on the (3) held-out images
+    assert all(0.0 <= p["heatmap_pck"] <= 1.0 for p in points)
     assert [p["step"] for p in points] == sorted(p["step"] for p in points)
     assert len(list((out / "pictures").glob("*.jpg"))) == 3
     data = json.loads((out / "data" / "val.json").read_text())

@@ -364,6 +364,27 @@ def test_validation_logs_every_epoch_and_best_keeps_the_best_epoch_across_a_resu
     assert_same_tensors(read_weights(run), validated[2])
 
 
+def test_validation_logs_the_heatmap_pck_of_the_first_validation_images(synth, tmp_path, one_thread):
+    """Each validation record holds the heatmap PCK of the first ``val_pck_images`` validation images
+    by id, as ``grmpose.heatmap_pck`` gives it for the weights validated (here the last ones);
+    ``val_pck_images=0`` measures none."""
+    from grmpose.checkpoint import load_model
+    from grmpose.heatmap_pck import heatmap_pck
+
+    run = tmp_path / "run"
+    train(quick_config(synth, run, epochs=1, val_every=1, val_flip=False, val_pck_images=1))
+    (record,) = [r for r in read_log(run) if r["kind"] == "val"]
+    model, _, spec = load_model(run / "last.safetensors")
+    ann, images, _ = resolve_dataset(str(synth), "val")
+    first = min(load_coco_keypoints(ann, images, spec), key=lambda r: r.image_id)
+    assert record["heatmap_pck"] == heatmap_pck(model, [first], spec, SIZE)["pck"]
+
+    off = tmp_path / "off"
+    train(quick_config(synth, off, epochs=1, val_every=1, val_flip=False, val_pck_images=0))
+    (record,) = [r for r in read_log(off) if r["kind"] == "val"]
+    assert "heatmap_pck" not in record and "AP" in record
+
+
 class OverflowScaler(torch.amp.GradScaler):
     """A real (CPU) GradScaler whose gradients overflow on chosen calls, as fp16 ones would.
 
@@ -433,7 +454,7 @@ def test_amp_overflow_is_not_a_step_and_the_scaler_resumes(synth, tmp_path, monk
      ("--lr", "nan"), ("--max-minutes", "-1"), ("--max-steps", "0"), ("--input-size", "50"),
      ("--workers", "-1"), ("--val-images", "0"), ("--log-every", "0"), ("--ema", "1"),
      ("--warmup-steps", "-1"), ("--weight-decay", "-0.1"), ("--min-lr-ratio", "2"), ("--flip-prob", "1.5"),
-     ("--sigma", "0"), ("--offset-unit", "0"), ("--offset-unit", "inf")],
+     ("--sigma", "0"), ("--offset-unit", "0"), ("--offset-unit", "inf"), ("--val-pck-images", "-1")],
 )  # fmt: skip
 def test_impossible_values_are_refused_in_one_line(tmp_path, capsys, flag, value):
     from grmpose.cli import main
