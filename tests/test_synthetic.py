@@ -66,8 +66,10 @@ def test_worker_processes_write_the_same_dataset(tmp_path, monkeypatch):
         assert folder_hashes(one) == folder_hashes(two)
         ids = [a["id"] for a in load(two)["annotations"]]
         assert ids == list(range(1, len(ids) + 1))
+    # refused before anything is written or removed
     with pytest.raises(ValueError, match="workers"):
-        generate_dataset(tmp_path / "bad", COCO, 2, seed=0, image_size=SIZE, workers=0)
+        generate_dataset(one, COCO, 2, seed=0, image_size=SIZE, workers=0)
+    assert folder_hashes(one) == folder_hashes(two)
 
 
 def test_default_workers_start_processes_only_for_larger_sets(monkeypatch):

@@ -216,8 +216,6 @@ def _render_all(job: _RenderJob, num_images: int, workers: int | None) -> Iterat
     the number of processes.
     """
     workers = default_generate_workers(num_images) if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
     if workers == 1:
         for i in range(num_images):
             yield job.render(i)
@@ -262,6 +260,8 @@ def generate_dataset(
     spec_body_points(spec)
     if max_people < 1:
         raise ValueError(f"max_people must be at least 1, got {max_people}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     if image_format not in ("jpg", "png"):
         raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
     width, height = _image_size(image_size)
