@@ -38,6 +38,7 @@ CASES: dict[str, tuple[str, dict]] = {
     "lr5e-3": ("learning rate 5e-3 (not 2e-3)", {"lr": 5e-3}),
     "input192": ("input 192 px (not 128)", {"input_size": 192}),
     "ema": ("EMA of weights, decay 0.99", {"ema": 0.99}),
+    "focal": ("heatmaps: sigmoid + CornerNet's focal loss (not DEKR's MSE)", {"heatmap_loss": "focal"}),
     "dekr_init": ("DEKR's N(0, 0.001) initialisation (not He's)", {"init": "dekr"}),
 }
 

@@ -137,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, ema=args.ema,
         offset_mean_pose=args.offset_mean_pose, flip_prob=args.flip_prob, init=args.init,
-        offset_unit=args.offset_unit, keep_freed_memory=not args.return_freed_memory,
+        offset_unit=args.offset_unit, heatmap_loss=args.heatmap_loss, keep_freed_memory=not args.return_freed_memory,
         log_every=args.log_every, pretrained=args.pretrained,
     )  # fmt: skip
     summary = train(cfg)
@@ -421,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--offset-unit", type=float, default=None,
         help="map pixels per unit of the offset head's last conv (default: the preset's, 1 as DEKR); a "
         "larger unit is a larger step for that layer, for short runs",
+    )  # fmt: skip
+    p.add_argument(
+        "--heatmap-loss", choices=["mse", "focal"], default=None,
+        help="mse: DEKR's weighted MSE on raw heatmaps (the default for a new run); focal: sigmoid "
+        "heatmaps and CornerNet's focal loss. When resuming: the checkpoint's",
     )  # fmt: skip
     p.add_argument("--optimizer", choices=["adam", "adamw"], default="adam", help="DEKR: adam")
     p.add_argument(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 # Block tables of eq. (1): blocks per branch for stages 1..4.
 LIGHT_BLOCKS: tuple[tuple[int, ...], ...] = ((4,), (0, 4), (0, 0, 4), (0, 0, 0, 4))
+HEATMAP_ACTIVATIONS = ("none", "sigmoid")
 FULL_BLOCKS: tuple[tuple[int, ...], ...] = ((4,), (4, 4), (4, 4, 4), (4, 4, 4, 4))
 
 
@@ -31,6 +32,8 @@ class ModelConfig:
         offset_blocks: adaptive-conv blocks per keypoint (DEKR: 2).
         offset_unit: the offset head's last conv predicts offsets in units of this many map pixels
             (DEKR: 1); a larger unit is a larger step for that layer (``grmpose.model.heads``).
+        heatmap_activation: ``"none"`` (DEKR: raw maps, trained with the MSE) or ``"sigmoid"`` (maps in
+            (0, 1), trained with the focal loss: ``grmpose train --heatmap-loss focal``).
     """
 
     width: int = 32
@@ -44,8 +47,13 @@ class ModelConfig:
     offset_channels_per_kpt: int = 15
     offset_blocks: int = 2
     offset_unit: float = 1.0
+    heatmap_activation: str = "none"
 
     def __post_init__(self) -> None:
+        if self.heatmap_activation not in HEATMAP_ACTIVATIONS:
+            raise ValueError(
+                f"heatmap_activation must be one of {', '.join(HEATMAP_ACTIVATIONS)}, got {self.heatmap_activation!r}"
+            )
         if len(self.blocks) != 4 or any(len(b) != i + 1 for i, b in enumerate(self.blocks)):
             raise ValueError(f"blocks must list 1, 2, 3, 4 branch counts for stages 1-4, got {self.blocks}")
         if len(self.modules) != 4 or any(m < 1 for m in self.modules):

@@ -70,6 +70,7 @@ class DemoConfig:
     offset_unit: float | None = None  # None: the preset's (1)
     flip_prob: float = 0.0
     sigma: float = 2.0
+    heatmap_loss: str = "mse"
     center_sigma: float | None = None
     curve_images: int = 50  # validation images per learning-curve point (no flip); 0 = no curve
     # DEKR's rescoring net (grmpose rescore-fit), fitted on the model's predictions for this many
@@ -114,7 +115,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             optimizer=cfg.optimizer, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, ema=cfg.ema,
             offset_loss=cfg.offset_loss, offset_mean_pose=cfg.offset_mean_pose, flip_prob=cfg.flip_prob,
             sigma=cfg.sigma, center_sigma=cfg.center_sigma, init=cfg.init,
-            offset_unit=cfg.offset_unit,
+            offset_unit=cfg.offset_unit, heatmap_loss=cfg.heatmap_loss,
         )
     )  # fmt: skip
     checkpoint = run / "last.safetensors"

@@ -1,5 +1,10 @@
 """Losses: weighted heatmap MSE, weighted smooth-L1 offsets (DEKR) and AE tag pull/push.
 
+Heatmaps can instead be trained with CornerNet's penalty-reduced focal loss (``heatmap_focal_loss``,
+``grmpose train --heatmap-loss focal``, a model whose heatmap head ends in a sigmoid). It is not
+DEKR's: it weights the few cells near each joint as much as the many background cells, where the
+MSE's gradient is spread thin over the whole map; measured in ``benchmarks/results/demo_levers.md``.
+
 All functions are batched and vectorised (people are padded with tag index −1). Targets come from
 ``grmpose.targets.build_targets`` and are stacked with ``collate_targets``.
 """
@@ -14,6 +19,7 @@ import torch
 __all__ = [
     "LossWeights",
     "collate_targets",
+    "heatmap_focal_loss",
     "heatmap_loss",
     "offset_loss",
     "pad_tag_index",
@@ -31,6 +37,7 @@ class LossWeights:
     offset: float = 0.03
     pull: float = 1e-3
     push: float = 1e-3
+    heatmap_form: str = "mse"  # "mse" (DEKR's) | "focal" (heatmap_focal_loss, sigmoid heatmaps)
 
 
 def heatmap_loss(pred: torch.Tensor, gt: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -40,6 +47,31 @@ def heatmap_loss(pred: torch.Tensor, gt: torch.Tensor, weights: torch.Tensor) ->
         pred, gt, weights: B×(K+1)×H×W (weights broadcastable).
     """
     return ((pred - gt) ** 2 * weights).mean()
+
+
+def heatmap_focal_loss(
+    prob: torch.Tensor, gt: torch.Tensor, weights: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
+) -> torch.Tensor:
+    """CornerNet's penalty-reduced focal loss (Law & Deng 2018, eq. 1), divided by the number of peaks.
+
+    A joint's own cell (a peak: the target's maximum over its 3×3 neighbourhood, above 0.5; the
+    Gaussians are centred on the joint, not on a cell, so the peak is below 1) costs
+    ``-(1 - p)^alpha log p``; every other cell ``-(1 - y)^beta p^alpha log(1 - p)``, so cells close to
+    a joint are penalised less for firing. Cells with weight 0 (ignored crowds, padding) are left out;
+    the MSE's background weight (0.1) is not used, the focal terms already down-weight the easy
+    background.
+
+    Args:
+        prob: B×C×H×W, the sigmoid heatmaps (clamped to [1e-4, 1 - 1e-4] here).
+        gt: B×C×H×W Gaussian targets; weights: their weights, broadcastable to ``prob``.
+    """
+    p = prob.clamp(1e-4, 1.0 - 1e-4)
+    keep = (weights > 0).to(p.dtype).expand_as(p)
+    local_max = torch.nn.functional.max_pool2d(gt, 3, stride=1, padding=1)
+    peak = ((gt == local_max) & (gt > 0.5)).to(p.dtype) * keep
+    pos = -((1.0 - p) ** alpha) * torch.log(p) * peak
+    neg = -((1.0 - gt) ** beta) * p**alpha * torch.log1p(-p) * (keep - peak)
+    return (pos.sum() + neg.sum()) / peak.sum().clamp(min=1.0)
 
 
 def smooth_l1(diff: torch.Tensor, beta: float = 1.0 / 9.0) -> torch.Tensor:
@@ -166,8 +198,14 @@ def total_loss(
             f"outputs {tuple(heatmaps.shape)}, {tuple(offsets.shape)}"
         )
     pull, push = tag_loss(tags, t["tag_index"])
+    if factors.heatmap_form == "focal":
+        heat = heatmap_focal_loss(heatmaps, t["heatmaps"], t["heat_weights"])
+    elif factors.heatmap_form == "mse":
+        heat = heatmap_loss(heatmaps, t["heatmaps"], t["heat_weights"])
+    else:
+        raise ValueError(f"unknown heatmap loss {factors.heatmap_form!r}: choose mse or focal")
     parts = {
-        "heatmap": factors.heatmap * heatmap_loss(heatmaps, t["heatmaps"], t["heat_weights"]),
+        "heatmap": factors.heatmap * heat,
         "offset": factors.offset * offset_loss(offsets, t["offsets"], t["offset_weights"]),
         "pull": factors.pull * pull.mean(),
         "push": factors.push * push.mean(),

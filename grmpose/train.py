@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "adamw")
 INITS = ("dekr", "kaiming")
+#: --heatmap-loss -> the model's heatmap activation it trains
+HEATMAP_LOSSES = {"mse": "none", "focal": "sigmoid"}
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,9 @@ class TrainConfig:
     # the offset head's unit (map px per unit of its last conv's output; grmpose.model.heads); None: the
     # preset's (1, DEKR's). A larger unit is a larger step for that layer under Adam.
     offset_unit: float | None = None
+    # heatmap loss: "mse" (DEKR's: raw maps, weighted MSE) or "focal" (sigmoid maps, CornerNet's
+    # penalty-reduced focal loss; grmpose.losses); None: the checkpoint's when resuming, else "mse"
+    heatmap_loss: str | None = None
 
     def __post_init__(self) -> None:
         check_train_config(self)
@@ -193,6 +198,8 @@ def check_train_config(cfg: TrainConfig) -> None:
         bad("ema", "a decay in [0, 1) (0: off)")
     if cfg.optimizer not in OPTIMIZERS:
         bad("optimizer", "one of " + ", ".join(OPTIMIZERS))
+    if cfg.heatmap_loss is not None and cfg.heatmap_loss not in HEATMAP_LOSSES:
+        bad("heatmap_loss", "one of " + ", ".join(HEATMAP_LOSSES))
     if cfg.init not in INITS:
         bad("init", "one of " + ", ".join(INITS))
     if cfg.lr_schedule not in LR_SCHEDULES:
@@ -415,6 +422,11 @@ def train(cfg: TrainConfig) -> dict:
             model_cfg = dataclasses.replace(model_cfg, input_size=cfg.input_size)
         if cfg.offset_unit is not None:
             model_cfg = dataclasses.replace(model_cfg, offset_unit=cfg.offset_unit)
+        if cfg.heatmap_loss is not None:
+            model_cfg = dataclasses.replace(model_cfg, heatmap_activation=HEATMAP_LOSSES[cfg.heatmap_loss])
+    if cfg.heatmap_loss is not None and HEATMAP_LOSSES[cfg.heatmap_loss] != model_cfg.heatmap_activation:
+        trained = next(name for name, act in HEATMAP_LOSSES.items() if act == model_cfg.heatmap_activation)
+        raise ValueError(f"--heatmap-loss {cfg.heatmap_loss}: {cfg.resume} was trained with --heatmap-loss {trained}")
     epochs, drops = schedule_plan(cfg, spec)
 
     torch.manual_seed(cfg.seed)
@@ -485,7 +497,8 @@ def train(cfg: TrainConfig) -> dict:
     last_val: dict = {}
     train_time = 0.0  # forward/backward/step only
     loop_time = 0.0  # the epochs' loops, data loading included
-    loss_weights = LossWeights(offset=cfg.offset_loss)
+    heatmap_form = next(name for name, act in HEATMAP_LOSSES.items() if act == model_cfg.heatmap_activation)
+    loss_weights = LossWeights(offset=cfg.offset_loss, heatmap_form=heatmap_form)
 
     def checkpoint(epoch: int, step: int) -> None:
         if not info.main:

@@ -303,3 +303,34 @@ def test_default_workers_are_none_on_the_cpu_and_two_on_cuda():
     assert TrainConfig(data="d", out="o").workers is None
     with pytest.raises(ValueError, match="--workers must be 0 or more"):
         TrainConfig(data="d", out="o", workers=-1)
+
+
+def test_heatmap_loss_focal_trains_sigmoid_maps_and_resume_keeps_them(demo_level_data, tmp_path, capsys):
+    """``grmpose train --heatmap-loss focal``: the checkpoint's model has sigmoid heatmaps (values in
+    (0, 1), logged heatmap term from the focal loss); resuming it without the flag keeps them, and
+    asking for the MSE on it is refused with one line naming the flag."""
+    from grmpose.checkpoint import load_model
+    from grmpose.cli import main
+
+    base = ["train", "--data", str(demo_level_data), "--preset", "tiny", "--input-size", "64", "--batch-size", "2",
+            "--val-every", "0", "--workers", "0", "--quiet", "--log-every", "1"]  # fmt: skip
+    out = tmp_path / "focal"
+    assert main([*base, "--out", str(out), "--max-steps", "2", "--heatmap-loss", "focal"]) == 0
+    model, config, _ = load_model(out / "last.safetensors")
+    assert config.heatmap_activation == "sigmoid"
+    with torch.no_grad():
+        heat = model(torch.randn(1, 3, SIZE, SIZE))[0]
+    assert heat.min() > 0 and heat.max() < 1
+    steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    # the focal term starts near 1 per joint (MSE terms are ~1e-2)
+    assert max(r["heatmap"] for r in steps if "heatmap" in r) > 0.1
+    assert main([*base, "--out", str(out), "--max-steps", "3", "--resume", str(out / "last.pt")]) == 0
+    assert load_model(out / "last.safetensors")[1].heatmap_activation == "sigmoid"
+    capsys.readouterr()
+    assert main([*base, "--out", str(out), "--max-steps", "4", "--resume", str(out / "last.pt"),
+                 "--heatmap-loss", "mse"]) != 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--heatmap-loss mse: " in err and "was trained with --heatmap-loss focal" in err
+    mse = tmp_path / "mse"
+    assert main([*base, "--out", str(mse), "--max-steps", "1"]) == 0
+    assert load_model(mse / "last.safetensors")[1].heatmap_activation == "none"

@@ -11,6 +11,7 @@ import torch
 from grmpose.losses import (
     LossWeights,
     collate_targets,
+    heatmap_focal_loss,
     heatmap_loss,
     offset_loss,
     tag_loss,
@@ -175,3 +176,58 @@ def test_each_weighted_term_is_its_factor_times_the_unweighted_loss():
     loss, parts = total_loss((heat, off, tags), t)
     for name, value in unweighted.items():
         assert math.isclose(parts[name].item(), getattr(LossWeights(), name) * value, rel_tol=1e-9), name
+
+
+def test_focal_heatmap_loss_matches_loop_over_cornernet_rule():
+    """CornerNet's eq. 1 written as a loop: a joint's own cell (nearest the joint) is a positive, every
+    other cell with weight > 0 a negative reduced by (1 - y)^4; the sum divided by the joints."""
+    k, h, w = 3, 16, 16
+    rng = np.random.default_rng(7)
+    people = rng.uniform(2, 4 * w - 2, (2, k, 3))
+    people[..., 2] = 2
+    t = build_targets(people, (h, w))
+    gt, wt = t["heatmaps"][None].double(), t["heat_weights"][None].double()
+    wt[0, :, :2] = 0.0  # an ignored band
+    g = torch.Generator().manual_seed(8)
+    prob = torch.rand(gt.shape, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    own = set()  # the cell nearest each joint and each centre (map = input / 4; cell centres at integers)
+    cells = [(j, people[n, j, :2] / 4.0) for n in range(2) for j in range(k)]
+    cells += [(k, people[n, :, :2].mean(0) / 4.0) for n in range(2)]
+    for c, (x, y) in cells:
+        own.add((c, int(math.floor(y + 0.5)), int(math.floor(x + 0.5))))
+    total, peaks = 0.0, 0
+    for c, y, x in np.ndindex(*gt.shape[1:]):
+        p, yv = float(prob[0, c, y, x]), float(gt[0, c, y, x])
+        if float(wt[0, c, y, x]) == 0:
+            continue
+        if (c, y, x) in own:
+            total += -((1 - p) ** 2) * math.log(p)
+            peaks += 1
+        else:
+            total += -((1 - yv) ** 4) * p**2 * math.log(1 - p)
+    got = heatmap_focal_loss(prob, gt, wt).item()
+    assert peaks == sum(y >= 2 for _, y, _ in own) > 0  # own cells in the ignored band do not count
+    assert math.isclose(got, total / peaks, rel_tol=1e-9)
+    # a near-perfect prediction costs far less than the random one
+    perfect = torch.zeros_like(gt)
+    for c, y, x in own:
+        perfect[0, c, y, x] = 1.0
+    assert heatmap_focal_loss(perfect, gt, wt).item() < 1e-3 * got
+
+
+def test_focal_loss_trains_a_sigmoid_head_from_the_prior():
+    from grmpose.model.heads import HEATMAP_PRIOR, HeatmapTagHead
+    from grmpose.model.init_weights import init_weights
+
+    head = init_weights(HeatmapTagHead(8, 8, 3, activation="sigmoid"))
+    heat, _ = head(torch.randn(1, 8, 5, 5))
+    assert torch.allclose(heat, torch.full_like(heat, HEATMAP_PRIOR), atol=0.01)
+    raw, _ = init_weights(HeatmapTagHead(8, 8, 3))(torch.randn(1, 8, 5, 5))
+    assert raw.abs().max() < 0.05  # DEKR's head: raw maps near 0
+    t = make_batch()
+    heat = torch.zeros(t["heatmaps"].shape, requires_grad=True)
+    _, parts = total_loss((heat.sigmoid(), torch.zeros(t["offsets"].shape), torch.zeros(3, 3, 16, 16)), t,
+                          LossWeights(heatmap_form="focal"))  # fmt: skip
+    assert parts["heatmap"].item() > 0
+    with pytest.raises(ValueError, match="unknown heatmap loss"):
+        total_loss((heat, torch.zeros(t["offsets"].shape), torch.zeros(3, 3, 16, 16)), t, LossWeights(heatmap_form="l1"))

@@ -13,6 +13,12 @@ moves by about the learning rate per step). Measured in ``benchmarks/results/lea
 DEKR's loss factor it changes little, with a large offset factor unit 8 learns faster than unit 1.
 ``unit = 1`` is DEKR's head and every preset's.
 ``set_offset_bias`` starts the bias at a given mean pose (in map pixels) instead of 0.
+
+Heatmap activation. DEKR's heatmaps are the last conv's raw output, trained by the MSE to Gaussian
+targets. With ``activation="sigmoid"`` (``grmpose train --heatmap-loss focal``, ``grmpose.losses``)
+the maps pass through a sigmoid, and the last conv's bias starts at the logit of ``HEATMAP_PRIOR``
+(0.1, CornerNet/CenterNet's start) so that the focal loss's background term does not swamp the
+first steps.
 """
 
 from __future__ import annotations
@@ -23,19 +29,32 @@ from torch import nn
 from grmpose.model.adaptive_conv import AdaptiveBlock, grouped_linear
 from grmpose.model.blocks import BasicBlock, conv_bn
 
+#: the sigmoid heatmaps' value at the start (their last conv's bias is its logit)
+HEATMAP_PRIOR = 0.1
+
 
 class HeatmapTagHead(nn.Module):
-    def __init__(self, in_channels: int, head_channels: int, num_keypoints: int) -> None:
+    def __init__(self, in_channels: int, head_channels: int, num_keypoints: int, activation: str = "none") -> None:
         super().__init__()
+        if activation not in ("none", "sigmoid"):
+            raise ValueError(f"heatmap activation must be none or sigmoid, got {activation!r}")
         self.features = nn.Sequential(
             conv_bn(in_channels, head_channels, kernel=1), BasicBlock(head_channels)
         )
         self.heatmap = nn.Conv2d(head_channels, num_keypoints + 1, 1)
         self.tag = nn.Conv2d(head_channels, num_keypoints, 1)
+        self.sigmoid = activation == "sigmoid"
+
+    @torch.no_grad()
+    def special_init(self) -> None:
+        """Sigmoid maps start at ``HEATMAP_PRIOR`` (run after the generic initialisation)."""
+        if self.sigmoid:
+            self.heatmap.bias.fill_(float(torch.logit(torch.tensor(HEATMAP_PRIOR))))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features(x)
-        return self.heatmap(f), self.tag(f)
+        heatmaps = self.heatmap(f)
+        return (heatmaps.sigmoid() if self.sigmoid else heatmaps), self.tag(f)
 
 
 class OffsetHead(nn.Module):

@@ -3,7 +3,7 @@
 ``GRMPoseNet(images)`` takes B x 3 x H x W normalised RGB images (H, W multiples of 32) and returns
 three tensors at stride 4, the same in training and inference:
 
-    heatmaps  B x (K+1) x H/4 x W/4   (raw; channel K is the person centre)
+    heatmaps  B x (K+1) x H/4 x W/4   (raw, or a sigmoid's for heatmap_activation="sigmoid"; channel K is the person centre)
     offsets   B x 2K x H/4 x W/4      (channel 2k: x, 2k+1: y; pixel - keypoint, in map pixels)
     tags      B x K x H/4 x W/4       (one associative-embedding value per keypoint)
 """
@@ -32,7 +32,7 @@ class GRMPoseNet(nn.Module):
         p3_channels = sum(self.backbone.widths)  # 15C
         self.grm = GRM(c, p3_channels) if config.use_grm else None
         head_in = self.grm.out_channels if self.grm is not None else p3_channels
-        self.heatmap_head = HeatmapTagHead(head_in, config.head_channels, num_keypoints)
+        self.heatmap_head = HeatmapTagHead(head_in, config.head_channels, num_keypoints, config.heatmap_activation)
         self.offset_head = OffsetHead(
             head_in, config.offset_channels_per_kpt, config.offset_blocks, num_keypoints, config.offset_unit
         )
