@@ -173,7 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, split=args.split, out=args.out, flip=args.flip,
         multi_scale=args.multi_scale, decoder=args.decoder, backend=args.backend, device=args.device,
         max_images=args.max_images, rescore=args.rescore, progress=not args.quiet, dtype=args.dtype,
-        batch_size=args.batch_size, workers=args.workers,
+        batch_size=args.batch_size, workers=args.workers, input_size=args.input_size,
     )  # fmt: skip
     if args.json:
         print(json.dumps(metrics))
@@ -465,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--rescore", default=None, help="rescoring net from grmpose rescore-fit")
+    p.add_argument(
+        "--input-size", type=int, default=None, help="short side at test time (default: the model's training size)"
+    )
     _add_speed_flags(p)
     p.add_argument("--gt", help="ground-truth JSON (score an existing results file)")
     p.add_argument("--results", help="COCO-format results JSON")

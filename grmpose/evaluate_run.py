@@ -177,8 +177,11 @@ def evaluate_checkpoint(
     dtype: str = "float32",
     batch_size: int = 1,
     workers: int = 2,
+    input_size: int | None = None,
 ) -> dict:
     """What ``grmpose eval --checkpoint CKPT --data DATA`` does; writes results.json + metrics.json.
+
+    ``input_size``: the test short side at scale 1 (default: the model's training size, as DEKR).
 
     ``checkpoint`` may be an ``.onnx`` model with its sidecar (e.g. from ``grmpose export --int8``),
     run with ``backend="onnxruntime"``. ``dtype``: the torch backend's ``float32`` / ``bfloat16``.
@@ -187,6 +190,8 @@ def evaluate_checkpoint(
     from grmpose.checkpoint import CheckpointError, load_model
     from grmpose.data.coco import resolve_dataset
 
+    if input_size is not None and input_size <= 0:
+        raise ValueError(f"--input-size must be positive, got {input_size}")
     ann_file, image_dir, data_spec = resolve_dataset(data, split)
     out = Path(out) if out is not None else Path(checkpoint).parent / f"eval_{split}"
     check_output_dir(out)
@@ -220,7 +225,7 @@ def evaluate_checkpoint(
             raise ValueError(f"unknown backend {backend!r}: choose torch or onnxruntime")
     rescorer = load_rescorer(rescore, spec) if rescore is not None else None
     metrics = evaluate_forward(
-        forward, spec, config.input_size, ann_file, image_dir, out / "results.json",
+        forward, spec, input_size or config.input_size, ann_file, image_dir, out / "results.json",
         flip=flip, scales=(0.5, 1.0, 2.0) if multi_scale else (1.0,), decoder=decoder,
         max_images=max_images, progress=progress, rescorer=rescorer, batch_size=batch_size, workers=workers,
     )  # fmt: skip

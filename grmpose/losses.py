@@ -198,8 +198,9 @@ def total_loss(
             f"outputs {tuple(heatmaps.shape)}, {tuple(offsets.shape)}"
         )
     pull, push = tag_loss(tags, t["tag_index"])
-    if factors.heatmap_form == "focal":
-        heat = heatmap_focal_loss(heatmaps, t["heatmaps"], t["heat_weights"])
+    if factors.heatmap_form == "focal":  # the keypoint maps; the person centre keeps the MSE
+        heat = heatmap_focal_loss(heatmaps[:, :-1], t["heatmaps"][:, :-1], t["heat_weights"][:, :-1])
+        heat = heat + heatmap_loss(heatmaps[:, -1:], t["heatmaps"][:, -1:], t["heat_weights"][:, -1:])
     elif factors.heatmap_form == "mse":
         heat = heatmap_loss(heatmaps, t["heatmaps"], t["heat_weights"])
     else:

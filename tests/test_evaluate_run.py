@@ -264,6 +264,29 @@ def test_multi_scale_and_flip_switches_reach_the_predictor(tmp_path: Path, monke
     assert seen == [(64, False, (1.0,), "regression")] + [(64, True, (0.5, 1.0, 2.0), "hybrid")] * 2
 
 
+def test_eval_input_size_sets_the_test_short_side(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``grmpose eval --input-size 96`` runs the predictor at short side 96 (the model trained at 64);
+    without it the model's size; 0 is refused with one line before anything is written."""
+    from grmpose.cli import main
+
+    seen = []
+    k = sample()[2].num_keypoints
+
+    def spy(forward, image, spec, input_size, **kwargs):
+        seen.append(input_size)
+        return np.zeros((0, k, 3)), np.zeros(0)
+
+    monkeypatch.setattr(grmpose.tta, "predict_poses", spy)
+    ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors", sample()[2])
+    base = ["eval", "--checkpoint", str(ckpt), "--data", str(COCO_DATA), "--max-images", "1", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--input-size", "96"]) == 0
+    assert main([*base, "--out", str(tmp_path / "b")]) == 0
+    assert seen == [96, 64]
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "c"), "--input-size", "0"]) != 0
+    assert "--input-size must be positive" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
 def pooled_stub_onnx(path: Path, k: int) -> Path:
     """A hand-built ONNX graph (no export needed): m = mean over channels of a 4×4 average pool;
     heatmaps = sigmoid(m) in K+1 channels, offsets = 3·m in 2K, tags = m in K."""
