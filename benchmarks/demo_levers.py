@@ -25,23 +25,26 @@ from grmpose.demo import DemoConfig, run_demo
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-#: name -> (what changes, DemoConfig fields)
+#: name -> (what changes, DemoConfig fields). The levers were measured against the demo's settings
+#: at 128 px, its input before 2026-12-05, and keep that input so that each row can be re-run as it was.
+AT128 = {"input_size": 128}
 CASES: dict[str, tuple[str, dict]] = {
-    "base": ("the demo's settings (no flips in training, no flip test)", {}),
-    "flips": ("flips in training (p 0.5, DEKR's) and the flip test", {"flip_prob": 0.5, "flip": True}),
-    "flips_unit8": ("flips and the flip test, offsets in units of 8 map px (not 1)",
-                    {"flip_prob": 0.5, "flip": True, "offset_unit": 8.0}),
-    "unit8": ("offsets in units of 8 map px (not 1)", {"offset_unit": 8.0}),
-    "offset3": ("offset-loss factor 3 (not 30)", {"offset_loss": 3.0}),
-    "sigma1": ("keypoint σ 1, centre σ 2 map px (not 2 / 4)", {"sigma": 1.0, "center_sigma": 2.0}),
-    "batch4": ("batch 4 (not 8): twice the steps", {"batch_size": 4}),
-    "lr5e-3": ("learning rate 5e-3 (not 2e-3)", {"lr": 5e-3}),
-    "input160": ("input 160 px (not 128)", {"input_size": 160}),
-    "input192": ("input 192 px (not 128)", {"input_size": 192}),
-    "input256": ("input 256 px (not 128): the images' own size", {"input_size": 256}),
-    "ema": ("EMA of weights, decay 0.99", {"ema": 0.99}),
-    "focal": ("heatmaps: sigmoid + CornerNet's focal loss (not DEKR's MSE)", {"heatmap_loss": "focal"}),
-    "dekr_init": ("DEKR's N(0, 0.001) initialisation (not He's)", {"init": "dekr"}),
+    "base": ("the demo's settings (192 px, no flips in training, no flip test)", {}),
+    "base128": ("the demo's settings at 128 px (its input before 2026-12-05)", AT128),
+    "input160": ("input 160 px", {"input_size": 160}),
+    "input256": ("input 256 px, the images' own size", {"input_size": 256}),
+    "flips": ("128 px, flips in training (p 0.5, DEKR's) and the flip test", {**AT128, "flip_prob": 0.5, "flip": True}),
+    "flips_unit8": ("128 px, flips and the flip test, offsets in units of 8 map px (not 1)",
+                    {**AT128, "flip_prob": 0.5, "flip": True, "offset_unit": 8.0}),
+    "unit8": ("128 px, offsets in units of 8 map px (not 1)", {**AT128, "offset_unit": 8.0}),
+    "offset3": ("128 px, offset-loss factor 3 (not 30)", {**AT128, "offset_loss": 3.0}),
+    "sigma1": ("128 px, keypoint σ 1, centre σ 2 map px (not 2 / 4)", {**AT128, "sigma": 1.0, "center_sigma": 2.0}),
+    "batch4": ("128 px, batch 4 (not 8): twice the steps", {**AT128, "batch_size": 4}),
+    "lr5e-3": ("128 px, learning rate 5e-3 (not 2e-3)", {**AT128, "lr": 5e-3}),
+    "ema": ("128 px, EMA of weights, decay 0.99", {**AT128, "ema": 0.99}),
+    "focal": ("128 px, heatmaps: sigmoid + CornerNet's focal loss on the keypoint maps (not DEKR's MSE)",
+              {**AT128, "heatmap_loss": "focal"}),
+    "dekr_init": ("128 px, DEKR's N(0, 0.001) initialisation (not He's)", {**AT128, "init": "dekr"}),
 }
 
 
@@ -78,6 +81,7 @@ def run_case(name: str, minutes: float, root: Path, data_from: Path | None) -> d
         "hybrid_AP50": hybrid["AP50"],
         "heatmap_pck": result["heatmap_pck"]["pck"],
         "wall_minutes": (time.time() - t0) / 60,
+        "measured": time.strftime("%Y-%m-%d"),
         "config": dataclasses.asdict(cfg),
     }
 
@@ -125,20 +129,21 @@ def main(argv: list[str] | None = None) -> dict:
         "same minutes on the same 2,000 images and tested on the same 200 held-out images (with the flip "
         "test when the case trains with flips). Hybrid: the regressed poses' joints snapped to heatmap peaks. "
         "PCK: the held-out joints whose heatmap maximum inside the person's box lies within 0.1 of the "
-        "person's size (`grmpose/heatmap_pck.py`, no flip), the localisation that comes before AP.",
+        "person's size (`grmpose/heatmap_pck.py`, no flip), the localisation that comes before AP. "
+        "The machine's speed differs from day to day: compare rows measured on the same day.",
         "",
-        "| change | minutes | steps | images/s | heatmap PCK | AP | AP50 | AR50 | AP (hybrid) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| change | measured | minutes | steps | images/s | heatmap PCK | AP | AP50 | AR50 | AP (hybrid) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['change']} | {r['minutes']:g} | {r['steps']} | {r['images_per_s']:.1f} "
+            f"| {r['change']} | {r.get('measured', '')} | {r['minutes']:g} | {r['steps']} | {r['images_per_s']:.1f} "
             f"| {r.get('heatmap_pck', float('nan')):.3f} | {r['AP']:.4f} "
             f"| {r['AP50']:.4f} | {r['AR50']:.3f} | {r['hybrid_AP']:.4f} |"
         )
     renamed = [r for r in rows if r.get("relabelled_from")]
     if renamed:
-        lines += ["", "Rows measured under an earlier case name, before the demo's defaults changed (each row's "
+        lines += ["", "Rows measured under an earlier case name (each row's "
                   "`config` in demo_levers.json is what ran): "
                   + ", ".join(f"{r['case']} (was {r['relabelled_from']})" for r in renamed) + "."]  # fmt: skip
     (RESULTS / "demo_levers.md").write_text("\n".join(lines) + "\n")
