@@ -45,7 +45,7 @@ class DemoConfig:
     """
 
     out: str = "runs/demo"
-    # training budget; a fresh run adds ~75 s (data generation ~25 s, rescoring net, evaluations, pictures)
+    # training budget; a fresh run adds ~85 s (data generation ~25 s, rescoring net, evaluations, pictures)
     minutes: float = 8.0
     train_images: int = 2000
     val_images: int = 200
