@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 # Block tables of eq. (1): blocks per branch for stages 1..4.
 LIGHT_BLOCKS: tuple[tuple[int, ...], ...] = ((4,), (0, 4), (0, 0, 4), (0, 0, 0, 4))
-HEATMAP_ACTIVATIONS = ("none", "sigmoid")
 FULL_BLOCKS: tuple[tuple[int, ...], ...] = ((4,), (4, 4), (4, 4, 4), (4, 4, 4, 4))
+# Heatmap head outputs: raw (DEKR, trained with the MSE) or through a sigmoid (the focal loss).
+HEATMAP_ACTIVATIONS = ("none", "sigmoid")
 
 
 @dataclass(frozen=True)

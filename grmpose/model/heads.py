@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from grmpose.config import HEATMAP_ACTIVATIONS
 from grmpose.model.adaptive_conv import AdaptiveBlock, grouped_linear
 from grmpose.model.blocks import BasicBlock, conv_bn
 
@@ -36,8 +37,8 @@ HEATMAP_PRIOR = 0.1
 class HeatmapTagHead(nn.Module):
     def __init__(self, in_channels: int, head_channels: int, num_keypoints: int, activation: str = "none") -> None:
         super().__init__()
-        if activation not in ("none", "sigmoid"):
-            raise ValueError(f"heatmap activation must be none or sigmoid, got {activation!r}")
+        if activation not in HEATMAP_ACTIVATIONS:
+            raise ValueError(f"heatmap activation must be one of {', '.join(HEATMAP_ACTIVATIONS)}, got {activation!r}")
         self.features = nn.Sequential(
             conv_bn(in_channels, head_channels, kernel=1), BasicBlock(head_channels)
         )
