@@ -33,6 +33,7 @@ CASES: dict[str, tuple[str, dict]] = {
     "base128": ("the demo's settings at 128 px (its input before 2026-12-05)", AT128),
     "input160": ("input 160 px", {"input_size": 160}),
     "input256": ("input 256 px, the images' own size", {"input_size": 256}),
+    "offset100": ("192 px, offset-loss factor 100 (not 30)", {"offset_loss": 100.0}),
     "focal192": ("192 px, heatmaps: sigmoid + CornerNet's focal loss on the keypoint maps (not DEKR's MSE)",
                  {"heatmap_loss": "focal"}),
     "flips": ("128 px, flips in training (p 0.5, DEKR's) and the flip test", {**AT128, "flip_prob": 0.5, "flip": True}),
