@@ -53,7 +53,8 @@ class DemoConfig:
     max_people: int = 5
     height_range: tuple[float, float] | None = (0.25, 0.9)  # None: the crowd level
     # training crop and test short side: at 4 minutes 192 px scored 2.8x the AP of 128 on 45 % fewer
-    # steps (160: 1.3x, 256: 0.4x; benchmarks/results/demo_levers.md), at 8 minutes 2.2x (0.025 against 0.011)
+    # steps (160: 1.3x, 256: 0.4x; benchmarks/results/demo_levers.md); at 8 minutes two runs scored
+    # 0.017 and 0.025 against 0.011 at 128 px the same day
     input_size: int = 192
     batch_size: int = 8
     workers: int | None = None  # grmpose train's default (0 on the CPU)

@@ -78,6 +78,11 @@ INITS = ("dekr", "kaiming")
 HEATMAP_LOSSES = {"mse": "none", "focal": "sigmoid"}
 
 
+def heatmap_loss_for(activation: str) -> str:
+    """The ``--heatmap-loss`` that trains a model with this heatmap activation."""
+    return next(name for name, act in HEATMAP_LOSSES.items() if act == activation)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs; stored resolved in the run folder and checkpoints."""
@@ -425,7 +430,7 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.heatmap_loss is not None:
             model_cfg = dataclasses.replace(model_cfg, heatmap_activation=HEATMAP_LOSSES[cfg.heatmap_loss])
     if cfg.heatmap_loss is not None and HEATMAP_LOSSES[cfg.heatmap_loss] != model_cfg.heatmap_activation:
-        trained = next(name for name, act in HEATMAP_LOSSES.items() if act == model_cfg.heatmap_activation)
+        trained = heatmap_loss_for(model_cfg.heatmap_activation)
         raise ValueError(f"--heatmap-loss {cfg.heatmap_loss}: {cfg.resume} was trained with --heatmap-loss {trained}")
     epochs, drops = schedule_plan(cfg, spec)
 
@@ -497,8 +502,7 @@ def train(cfg: TrainConfig) -> dict:
     last_val: dict = {}
     train_time = 0.0  # forward/backward/step only
     loop_time = 0.0  # the epochs' loops, data loading included
-    heatmap_form = next(name for name, act in HEATMAP_LOSSES.items() if act == model_cfg.heatmap_activation)
-    loss_weights = LossWeights(offset=cfg.offset_loss, heatmap_form=heatmap_form)
+    loss_weights = LossWeights(offset=cfg.offset_loss, heatmap_form=heatmap_loss_for(model_cfg.heatmap_activation))
 
     def checkpoint(epoch: int, step: int) -> None:
         if not info.main:
