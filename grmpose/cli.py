@@ -137,6 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, ema=args.ema,
         offset_mean_pose=args.offset_mean_pose, flip_prob=args.flip_prob, init=args.init,
+        max_rotation=args.max_rotation, scale_range=tuple(args.scale_range), max_translate=args.max_translate,
         offset_unit=args.offset_unit, heatmap_loss=args.heatmap_loss, keep_freed_memory=not args.return_freed_memory,
         log_every=args.log_every, pretrained=args.pretrained,
     )  # fmt: skip
@@ -411,6 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--flip-prob", type=float, default=0.5,
         help="probability of a horizontal flip in the augmentation (DEKR: 0.5); 0 when left and right "
         "are told apart by a cue a mirror does not keep",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-rotation", type=float, default=30.0, metavar="DEG",
+        help="rotation of the augmentation, uniform in [-DEG, DEG] (DEKR: 30)",
+    )  # fmt: skip
+    p.add_argument(
+        "--scale-range", type=float, nargs=2, default=[0.75, 1.5], metavar=("MIN", "MAX"),
+        help="crop box side as a multiple of the image's short side, uniform in [MIN, MAX]; > 1 zooms "
+        "out (DEKR: 0.75 1.5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-translate", type=float, default=40.0,
+        help="shift of the crop per axis, uniform in [-T, T], in units of input size / 200 (DEKR: 40)",
     )  # fmt: skip
     p.add_argument(
         "--init", choices=["dekr", "kaiming"], default="dekr",

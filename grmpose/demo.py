@@ -72,6 +72,9 @@ class DemoConfig:
     init: str = "kaiming"
     offset_unit: float | None = None  # None: the preset's (1)
     flip_prob: float = 0.0
+    max_rotation: float = 30.0
+    scale_range: tuple[float, float] = (0.75, 1.5)
+    max_translate: float = 40.0
     sigma: float = 2.0
     heatmap_loss: str = "mse"
     center_sigma: float | None = None
@@ -117,6 +120,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             max_minutes=cfg.minutes, progress=cfg.progress, checkpoint_every=200, lr=cfg.lr,
             optimizer=cfg.optimizer, lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, ema=cfg.ema,
             offset_loss=cfg.offset_loss, offset_mean_pose=cfg.offset_mean_pose, flip_prob=cfg.flip_prob,
+            max_rotation=cfg.max_rotation, scale_range=cfg.scale_range, max_translate=cfg.max_translate,
             sigma=cfg.sigma, center_sigma=cfg.center_sigma, init=cfg.init,
             offset_unit=cfg.offset_unit, heatmap_loss=cfg.heatmap_loss,
         )

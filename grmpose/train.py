@@ -99,6 +99,13 @@ class TrainConfig:
     augment: bool = True  # the paper's augmentation; off for overfitting checks
     # horizontal flips in the augmentation (DEKR: 0.5); 0 for data whose left/right cue a mirror breaks
     flip_prob: float = 0.5
+    # the other augmentation ranges (grmpose.data.transforms.AugmentRanges; defaults: DEKR's): rotation
+    # in degrees, the crop box side as a multiple of the image's short side (> 1 zooms out), and the
+    # shift in DEKR's unit of input_size / 200 crop pixels. Short runs on upright synthetic people
+    # learn faster with less (benchmarks/results/demo_levers.md).
+    max_rotation: float = 30.0
+    scale_range: tuple[float, float] = (0.75, 1.5)
+    max_translate: float = 40.0
     input_size: int | None = None  # default: the preset's
     # DataLoader worker processes; None: 2 on CUDA, 0 on the CPU, where a worker takes a core from the
     # training's own threads (tiny at 128 px on 2 cores: 23.7 images/s with 0 workers, 15.1 with 1)
@@ -197,6 +204,12 @@ def check_train_config(cfg: TrainConfig) -> None:
         bad("sigma", "a positive number")
     if not 0 <= cfg.flip_prob <= 1:
         bad("flip_prob", "a probability in [0, 1]")
+    if not 0 <= cfg.max_rotation <= 180:
+        bad("max_rotation", "degrees in [0, 180]")
+    if len(cfg.scale_range) != 2 or not 0 < cfg.scale_range[0] <= cfg.scale_range[1] < float("inf"):
+        bad("scale_range", "two positive numbers MIN MAX with MIN <= MAX")
+    if not (cfg.max_translate >= 0 and np.isfinite(cfg.max_translate)):
+        bad("max_translate", "0 or more")
     if not 0 <= cfg.min_lr_ratio <= 1:
         bad("min_lr_ratio", "between 0 and 1")
     if not 0 <= cfg.ema < 1:
@@ -469,7 +482,10 @@ def train(cfg: TrainConfig) -> dict:
 
     dataset = PoseDataset(
         records, spec, model_cfg.input_size, augment=cfg.augment, seed=cfg.seed,
-        ranges=AugmentRanges(flip_prob=cfg.flip_prob),
+        ranges=AugmentRanges(
+            max_rotation=cfg.max_rotation, min_scale=cfg.scale_range[0], max_scale=cfg.scale_range[1],
+            max_translate=cfg.max_translate, flip_prob=cfg.flip_prob,
+        ),
     )  # fmt: skip
     collate_fn = TargetCollate(model_cfg.input_size // OUTPUT_STRIDE, center_sigma, cfg.sigma)
     if cfg.offset_mean_pose and state is None:  # every rank computes the same mean from the same samples

@@ -165,6 +165,30 @@ def test_flip_prob_zero_never_mirrors_and_one_always_does():
         assert lo <= flips <= hi, (prob, flips)
 
 
+def test_augmentation_flags_reach_the_training_dataset(tmp_path, monkeypatch):
+    """``--max-rotation``, ``--scale-range``, ``--max-translate`` and ``--flip-prob`` become the
+    training set's ``AugmentRanges`` (captured where ``train`` builds its dataset); without them the
+    ranges are DEKR's (±30°, 0.75-1.5, ±40, flips 0.5)."""
+    import grmpose.train
+    from grmpose.cli import main
+
+    data = tmp_path / "data"
+    generate(data, "coco", 4, 2, 0, 64, 2)
+    seen = []
+
+    def capture(*args, **kwargs):  # stops the run there (the CLI reports the error and returns 1)
+        seen.append(kwargs["ranges"])
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(grmpose.train, "PoseDataset", capture)
+    common = ["train", "--data", str(data), "--batch-size", "2", "--input-size", "64", "--quiet"]
+    main([*common, "--out", str(tmp_path / "a"), "--max-rotation", "5", "--scale-range", "0.9", "1.1",
+          "--max-translate", "7", "--flip-prob", "0"])  # fmt: skip
+    main([*common, "--out", str(tmp_path / "b")])
+    got = [(r.max_rotation, r.min_scale, r.max_scale, r.max_translate, r.flip_prob) for r in seen]
+    assert got == [(5.0, 0.9, 1.1, 7.0, 0.0), (30.0, 0.75, 1.5, 40.0, 0.5)]
+
+
 def test_keep_freed_memory_keeps_big_blocks_in_the_process():
     """After ``keep_freed_memory`` the steps of a conv forward/backward loop reuse the memory the
     previous step freed: page faults over 5 steps fall to under a tenth of glibc's default, which

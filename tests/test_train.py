@@ -454,14 +454,16 @@ def test_amp_overflow_is_not_a_step_and_the_scaler_resumes(synth, tmp_path, monk
      ("--lr", "nan"), ("--max-minutes", "-1"), ("--max-steps", "0"), ("--input-size", "50"),
      ("--workers", "-1"), ("--val-images", "0"), ("--log-every", "0"), ("--ema", "1"),
      ("--warmup-steps", "-1"), ("--weight-decay", "-0.1"), ("--min-lr-ratio", "2"), ("--flip-prob", "1.5"),
-     ("--sigma", "0"), ("--offset-unit", "0"), ("--offset-unit", "inf"), ("--val-pck-images", "-1")],
+     ("--sigma", "0"), ("--offset-unit", "0"), ("--offset-unit", "inf"), ("--val-pck-images", "-1"),
+     ("--max-rotation", "-5"), ("--max-rotation", "200"), ("--max-translate", "-1"), ("--max-translate", "inf"),
+     ("--scale-range", "2 1"), ("--scale-range", "0 1")],
 )  # fmt: skip
 def test_impossible_values_are_refused_in_one_line(tmp_path, capsys, flag, value):
     from grmpose.cli import main
 
     out = tmp_path / "run"
     rc = main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(out), "--batch-size", "2",
-               flag, value])  # fmt: skip
+               flag, *value.split()])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith(f"grmpose: error: {flag} must be "), err[0]
