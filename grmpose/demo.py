@@ -72,9 +72,12 @@ class DemoConfig:
     init: str = "kaiming"
     offset_unit: float | None = None  # None: the preset's (1)
     flip_prob: float = 0.0
-    max_rotation: float = 30.0
-    scale_range: tuple[float, float] = (0.75, 1.5)
-    max_translate: float = 40.0
+    # no geometric augmentation: the generator's people already vary in size, place and lean (±15°);
+    # at 4 minutes DEKR's ±30° rotation, 0.75-1.5 scale and ±40 shift cost 3x the AP
+    # (benchmarks/results/demo_levers.md: 0.0039 against 0.0124), rotation most of it
+    max_rotation: float = 0.0
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    max_translate: float = 0.0
     sigma: float = 2.0
     heatmap_loss: str = "mse"
     center_sigma: float | None = None
