@@ -87,10 +87,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from grmpose.data.synthetic import synth_main
 
+    if len(args.image_size) > 2:
+        raise ValueError(f"--image-size takes SIZE or WIDTH HEIGHT, got {len(args.image_size)} numbers")
+    size = args.image_size[0] if len(args.image_size) == 1 else tuple(args.image_size)
+
     with _bar(args.images + (args.val_images or max(1, args.images // 10)), "synthesise", args.quiet) as bar:
         path = synth_main(
             args.out, args.spec, args.images, args.seed, val_images=args.val_images,
-            image_size=args.image_size, max_people=args.max_people, progress=bar,
+            image_size=size, max_people=args.max_people, progress=bar,
+            height_range=tuple(args.height_range) if args.height_range else None,
         )  # fmt: skip
     print(f"wrote {path}")
     return 0
@@ -359,8 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=1000, help="training images")
     p.add_argument("--val-images", type=int, default=None, help="validation images (default: images / 10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument(
+        "--image-size", type=int, nargs="+", default=[256], metavar="SIZE",
+        help="SIZE (square) or WIDTH HEIGHT in pixels",
+    )  # fmt: skip
     p.add_argument("--max-people", type=int, default=15)
+    p.add_argument(
+        "--height-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+        help="people's heights as fractions of the image height (default: the crowd level, smaller the "
+        "more people; the demo's level: --max-people 5 --height-range 0.25 0.9)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
 

@@ -225,6 +225,38 @@ def test_synth_main_and_progress(tmp_path):
     assert seen == [0, 1, 2, 0]
 
 
+def test_synth_cli_makes_the_demo_level_at_any_image_size(tmp_path, capsys):
+    """``grmpose synth --image-size W H --height-range LO HI``: images of W x H pixels whose people
+    stand LO-HI of the image height (their labelled joints span at most HI of it, allowing for the
+    ankles below the figure's height line); a bad range or size is refused in one line, nothing
+    written."""
+    from grmpose.cli import main
+
+    out = tmp_path / "demo_level"
+    rc = main(["synth", str(out), "--images", "6", "--val-images", "2", "--image-size", "160", "96",
+               "--max-people", "3", "--height-range", "0.5", "0.6", "--seed", "4", "--quiet"])  # fmt: skip
+    assert rc == 0
+    for split, count in (("train", 6), ("val", 2)):
+        data = load(out, split)
+        assert data["info"]["height_range"] == [0.5, 0.6]
+        assert len(data["images"]) == count
+        assert all((im["width"], im["height"]) == (160, 96) for im in data["images"])
+        anns = [a for a in data["annotations"] if a["num_keypoints"] >= 12]
+        assert anns
+        for a in anns:
+            k = np.asarray(a["keypoints"], dtype=float).reshape(-1, 3)
+            ys = k[k[:, 2] > 0, 1]
+            assert ys.max() - ys.min() <= 0.6 * 96 * 1.05, a
+    capsys.readouterr()
+    for bad in (["--height-range", "0.9", "0.2"], ["--height-range", "0", "0.5"], ["--image-size", "16"],
+                ["--image-size", "64", "64", "64"]):  # fmt: skip
+        target = tmp_path / "bad"
+        assert main(["synth", str(target), "--images", "2", "--quiet", *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("grmpose: error:"), (bad, err)
+        assert not target.exists(), bad
+
+
 def test_limb_lengths_are_plausible_and_projection_never_lengthens():
     rng = np.random.default_rng(0)
     limbs = [("shoulder", "elbow"), ("elbow", "wrist"), ("hip", "knee"), ("knee", "ankle")]

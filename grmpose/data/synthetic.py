@@ -264,7 +264,11 @@ def generate_dataset(
         raise ValueError(f"workers must be at least 1, got {workers}")
     if image_format not in ("jpg", "png"):
         raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
+    if height_range is not None and not (len(height_range) == 2 and 0.0 < height_range[0] <= height_range[1]):
+        raise ValueError(f"height_range must be 0 < lo <= hi (fractions of the image height), got {height_range}")
     width, height = _image_size(image_size)
+    if width < 32 or height < 32:
+        raise ValueError(f"image_size must be at least 32 x 32 pixels, got {width} x {height}")
     out_dir = Path(out_dir)
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -340,11 +344,16 @@ def synth_main(
     image_size: int = 256,
     max_people: int = 15,
     progress: ProgressFn | None = None,
+    height_range: tuple[float, float] | None = None,
 ) -> Path:
-    """CLI entry: ``images`` training images and ``val_images`` (default ``max(1, images // 10)``)."""
+    """CLI entry: ``images`` training images and ``val_images`` (default ``max(1, images // 10)``).
+
+    ``image_size``: one int (square) or ``(width, height)``; ``height_range``: the people's heights
+    as fractions of the image height (None: the crowd level; the demo's level is ``(0.25, 0.9)``
+    with ``max_people=5``)."""
     if val_images is None:
         val_images = max(1, images // 10)
-    return generate(out, spec, images, val_images, seed, image_size, max_people, progress)
+    return generate(out, spec, images, val_images, seed, image_size, max_people, progress, height_range)
 
 
 def draw_annotations(image: Image.Image, keypoints: np.ndarray, spec: KeypointSpec) -> Image.Image:
