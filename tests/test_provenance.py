@@ -126,9 +126,12 @@ def _demo(monkeypatch, tmp_path):
     (run / "demo.json").write_text(json.dumps(demo))
     monkeypatch.setattr(benchmarks.demo, "RESULTS", tmp_path)
     monkeypatch.setattr(benchmarks.demo, "docs_pictures", lambda run: [])
+    other = {"width": 320, "height": 240, "seed": 101, "images": 150, "AP": 0.25, "AP50": 0.5, "AR50": 0.75}
+    monkeypatch.setattr(benchmarks.demo, "other_sets", lambda run: [other])
     argv = ["--record", str(run), "--wall-seconds", "12"]
     benchmarks.demo.main(argv)
     assert "| 0.20 | - |" in (tmp_path / "demo.md").read_text()
+    assert "| 150 | 320x240 | 101 | 0.2500 | 0.5000 | 0.750 |" in (tmp_path / "demo.md").read_text()
     return tmp_path / "demo.json", "python -m benchmarks.demo " + shlex.join(argv)
 
 
