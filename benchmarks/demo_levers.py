@@ -38,6 +38,8 @@ CASES: dict[str, tuple[str, dict]] = {
              {**DEKR_AUG, "max_rotation": 0.0}),
     "lightaug": ("192 px, rotation ±10°, scale 0.75-1.25, shift ±20 (not ±30°, 0.75-1.5, ±40)",
                  {"max_rotation": 10.0, "scale_range": (0.75, 1.25), "max_translate": 20.0}),
+    "lr4e-3": ("192 px, no geometric augmentation, learning rate 4e-3 (not 2e-3)", {"lr": 4e-3}),
+    "noaug160": ("160 px, no geometric augmentation", {"input_size": 160}),
     "base128": ("128 px, DEKR's augmentation (the demo's settings before 2026-12-05)", AT128),
     "input160": ("160 px, DEKR's augmentation", {**DEKR_AUG, "input_size": 160}),
     "input256": ("256 px, the images' own size, DEKR's augmentation", {**DEKR_AUG, "input_size": 256}),

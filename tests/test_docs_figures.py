@@ -120,11 +120,14 @@ def throughput_quotes() -> dict[str, list[str]]:
 def demo_levers_quotes() -> dict[str, list[str]]:
     rows = {r["case"]: r for r in results("demo_levers.json")["rows"]}
     base, flips, flips8, unit8 = rows["base128"], rows["flips"], rows["flips_unit8"], rows["unit8"]
-    at192 = rows["base"]
+    at192, noaug, rot0 = rows["dekr_aug"], rows["base"], rows["rot0"]
     return {
         "README.md": [
             f"no flips: {base['steps']} steps, PCK {base['heatmap_pck']:.3f}, AP {base['AP']:.4f}",
             f"192 px, {at192['steps']} steps, PCK {at192['heatmap_pck']:.3f}, AP {at192['AP']:.4f}",
+            f"shift (±40): {noaug['steps']} steps, PCK {noaug['heatmap_pck']:.3f}, AP {noaug['AP']:.4f} "
+            f"(AR50 {noaug['AR50']:.3f}), against {at192['steps']} steps, PCK {at192['heatmap_pck']:.3f}, "
+            f"AP {at192['AP']:.4f} with them; without the rotation alone {rot0['AP']:.4f}",
             f"with flips: {flips['steps']} steps, PCK {flips['heatmap_pck']:.3f}, AP {flips['AP']:.4f}",
             f"units of 8 map px: PCK {flips8['heatmap_pck']:.3f}, AP {flips8['AP']:.4f} with flips and "
             f"PCK {unit8['heatmap_pck']:.3f}, AP {unit8['AP']:.4f} without",
