@@ -37,7 +37,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
-from grmpose.data.synthetic_render import render_scene, spec_body_points
+from grmpose.data.synthetic_render import check_height_range, render_scene, spec_body_points
 from grmpose.spec import SPECS, KeypointSpec, get_spec
 
 logger = logging.getLogger(__name__)
@@ -264,8 +264,7 @@ def generate_dataset(
         raise ValueError(f"workers must be at least 1, got {workers}")
     if image_format not in ("jpg", "png"):
         raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
-    if height_range is not None and not (len(height_range) == 2 and 0.0 < height_range[0] <= height_range[1]):
-        raise ValueError(f"height_range must be 0 < lo <= hi (fractions of the image height), got {height_range}")
+    check_height_range(height_range)  # before anything is written
     width, height = _image_size(image_size)
     if width < 32 or height < 32:
         raise ValueError(f"image_size must be at least 32 x 32 pixels, got {width} x {height}")

@@ -416,6 +416,12 @@ def make_background(rng: np.random.Generator, width: int, height: int) -> np.nda
 # ------------------------------------------------------------------------------------------ scene
 
 
+def check_height_range(height_range: tuple[float, float] | None) -> None:
+    """Refuse a ``height_range`` that is not ``0 < lo <= hi`` (ValueError naming it); None passes."""
+    if height_range is not None and not (len(height_range) == 2 and 0.0 < height_range[0] <= height_range[1]):
+        raise ValueError(f"height_range must be 0 < lo <= hi (fractions of the image height), got {height_range}")
+
+
 def sample_figures(
     rng: np.random.Generator,
     width: int,
@@ -435,11 +441,8 @@ def sample_figures(
         max_h = 0.9 * height
         hi = max(min_h, max_h * min(1.0, 2.5 / np.sqrt(count)))
     else:
+        check_height_range(height_range)
         lo_frac, hi_frac = height_range
-        if not 0.0 < lo_frac <= hi_frac:
-            raise ValueError(
-                f"height_range must be 0 < lo <= hi (fractions of the image height), got {height_range}"
-            )
         min_h, max_h = lo_frac * height, hi_frac * height
         hi = max_h
     crowd = count >= 3 and rng.random() < 0.6
