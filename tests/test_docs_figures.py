@@ -120,7 +120,8 @@ def throughput_quotes() -> dict[str, list[str]]:
 def demo_levers_quotes() -> dict[str, list[str]]:
     rows = {r["case"]: r for r in results("demo_levers.json")["rows"]}
     base, flips, flips8, unit8 = rows["base128"], rows["flips"], rows["flips_unit8"], rows["unit8"]
-    at192, noaug, rot0 = rows["dekr_aug"], rows["base"], rows["rot0"]
+    at192, noaug, rot0 = rows["dekr_aug"], rows["lr2e-3"], rows["rot0"]
+    lr4, lr8 = rows["base"], rows["lr8e-3"]
     return {
         "README.md": [
             f"no flips: {base['steps']} steps, PCK {base['heatmap_pck']:.3f}, AP {base['AP']:.4f}",
@@ -128,6 +129,8 @@ def demo_levers_quotes() -> dict[str, list[str]]:
             f"shift (±40): {noaug['steps']} steps, PCK {noaug['heatmap_pck']:.3f}, AP {noaug['AP']:.4f} "
             f"(AR50 {noaug['AR50']:.3f}), against {at192['steps']} steps, PCK {at192['heatmap_pck']:.3f}, "
             f"AP {at192['AP']:.4f} with them; without the rotation alone {rot0['AP']:.4f}",
+            f"4e-3 made {lr4['steps']} steps, PCK {lr4['heatmap_pck']:.3f}, AP {lr4['AP']:.4f} (AR50 "
+            f"{lr4['AR50']:.3f}), 8e-3 {lr8['steps']} steps, PCK {lr8['heatmap_pck']:.3f}, AP {lr8['AP']:.4f}",
             f"with flips: {flips['steps']} steps, PCK {flips['heatmap_pck']:.3f}, AP {flips['AP']:.4f}",
             f"units of 8 map px: PCK {flips8['heatmap_pck']:.3f}, AP {flips8['AP']:.4f} with flips and "
             f"PCK {unit8['heatmap_pck']:.3f}, AP {unit8['AP']:.4f} without",
