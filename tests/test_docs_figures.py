@@ -148,6 +148,7 @@ def demo_quotes() -> dict[str, list[str]]:
             f"with the flip test: AP {r['metrics_flip_test']['AP']:.4f}",
             f"without DEKR's rescoring net: AP {r['metrics_no_rescore']['AP']:.4f}",
             f"heatmap PCK {r['heatmap_pck']['pck']:.3f}",
+            "AP " + ", ".join(f"{o['AP']:.3f} ({o['width']}×{o['height']})" for o in r["other_sets"]),
         ]
     }
 
