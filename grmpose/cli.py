@@ -243,6 +243,7 @@ def cmd_rescore_fit(args: argparse.Namespace) -> int:
     info = rescore_fit_main(
         args.checkpoint, args.data, args.out, split=args.split, max_images=args.max_images,
         flip=not args.no_flip, epochs=args.epochs, device=args.device, progress=not args.quiet,
+        input_size=args.input_size,
     )  # fmt: skip
     print(json.dumps(info, indent=2, default=str))
     return 0
@@ -555,6 +556,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--no-flip", action="store_true", help="predict without the flip test")
+    p.add_argument(
+        "--input-size", type=int, default=None,
+        help="short side of the predictions (default: the model's training size); use the one you evaluate at",
+    )  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_rescore_fit)

@@ -384,11 +384,13 @@ def rescore_fit_main(
     decoder: str = "regression",
     device: str = "cpu",
     progress: bool = True,
+    input_size: int | None = None,
 ) -> dict:
     """What ``grmpose rescore-fit --checkpoint CKPT --data DATA --out rescore.safetensors`` does.
 
     Predicts the ``split`` images with the checkpoint, fits the net on (features, OKS) pairs and
-    writes it to ``out``.
+    writes it to ``out``. ``input_size``: the test short side of those predictions (default: the
+    model's training size); fit at the short side the model will be evaluated at.
 
     Returns:
         ``{"out", "images", "samples", "epochs", "mse_baseline" (predicting the mean OKS),
@@ -398,12 +400,14 @@ def rescore_fit_main(
     from grmpose.checkpoint import load_model
     from grmpose.data.coco import load_coco_keypoints, resolve_dataset
 
+    if input_size is not None and input_size <= 0:
+        raise ValueError(f"--input-size must be positive, got {input_size}")
     ann_file, image_dir, data_spec = resolve_dataset(data, split)
     model, config, spec = load_model(checkpoint, spec=data_spec, device=device)
     records = load_coco_keypoints(ann_file, image_dir, spec)
     n_images = len(records) if max_images is None else min(len(records), max_images)
     feats, targets = collect_training_pairs(
-        TorchForward(model, device), records, spec, config.input_size,
+        TorchForward(model, device), records, spec, input_size or config.input_size,
         flip=flip, decoder=decoder, max_images=max_images, progress=progress,
     )  # fmt: skip
     if len(targets) == 0:

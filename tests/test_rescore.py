@@ -267,3 +267,29 @@ def test_rescore_never_imports_the_evaluation_runner() -> None:
     modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert "grmpose.tta" in modules  # the walk sees the function-level imports
     assert "grmpose.evaluate_run" not in modules
+
+
+def test_fit_main_predicts_at_the_given_short_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``input_size`` (``rescore-fit --input-size``) is the short side the poses are predicted at;
+    a bad one is refused before anything is written."""
+    import grmpose.rescore
+
+    config = dataclasses.replace(get_preset("tiny"), input_size=64)
+    ckpt = save_weights(
+        tmp_path / "tiny.safetensors", randomize_(build_model(config, COCO), seed=0), config, COCO
+    )
+    sizes = []
+    real = grmpose.rescore.collect_training_pairs
+
+    def spy(forward, records, spec, input_size, **kwargs):
+        sizes.append(input_size)
+        return real(forward, records, spec, input_size, **kwargs)
+
+    monkeypatch.setattr(grmpose.rescore, "collect_training_pairs", spy)
+    for size in (None, 96):
+        rescore_fit_main(ckpt, COCO_DATA, tmp_path / f"r{size}.safetensors", max_images=1, flip=False, epochs=1,
+                         progress=False, input_size=size)  # fmt: skip
+    assert sizes == [64, 96]
+    with pytest.raises(ValueError, match="--input-size must be positive"):
+        rescore_fit_main(ckpt, COCO_DATA, tmp_path / "bad.safetensors", input_size=0, progress=False)
+    assert not (tmp_path / "bad.safetensors").exists()
