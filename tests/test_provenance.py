@@ -17,6 +17,7 @@ import benchmarks.decoders
 import benchmarks.demo
 import benchmarks.overfit_coco
 import benchmarks.run_all
+import benchmarks.test_size
 import benchmarks.train_synthetic
 import benchmarks.yolo
 from benchmarks.provenance import command_line, provenance, write_results_json
@@ -155,8 +156,36 @@ def _run_all(monkeypatch, tmp_path):
     return tmp_path / "bench.json", "called from: python "
 
 
+def _test_size(monkeypatch, tmp_path):
+    import grmpose.evaluate_run
+
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "other_sets" / "320x240_seed101").mkdir(parents=True)
+    (run / "other_sets" / "320x240_seed101" / "val.json").write_text("{}")
+    (run / "demo.json").write_text(json.dumps({"config": {"input_size": 192}}))
+    calls = []
+
+    def evaluate(checkpoint, data, out, input_size, progress):
+        calls.append((Path(data).name, input_size))
+        Path(out).mkdir(parents=True)
+        return {"AP": input_size / 1000, "AP50": 0.5, "images": 7}
+
+    monkeypatch.setattr(grmpose.evaluate_run, "evaluate_checkpoint", evaluate)
+    monkeypatch.setattr(benchmarks.test_size, "RESULTS", tmp_path)
+    argv = ["--runs", str(run), "--factors", "1", "1.25", "1.26"]
+    benchmarks.test_size.main(argv)
+    # 192 x 1.25 = 240; 192 x 1.26 = 241.9, also 240 at a multiple of 16: measured once
+    assert calls == [("data", 192), ("data", 240), ("320x240_seed101", 192), ("320x240_seed101", 240)]
+    table = (tmp_path / "test_size.md").read_text()
+    assert "| own held-out set | 7 | 0.1920 | 0.2400 |" in table
+    assert "| 320x240_seed101 | 7 | 0.1920 | 0.2400 |" in table
+    return tmp_path / "test_size.json", "python -m benchmarks.test_size " + shlex.join(argv)
+
+
 WRITERS = {
     "decoders": _decoders,
+    "test_size": _test_size,
     "demo": _demo,
     "overfit_coco": _overfit,
     "train_synthetic": _train_synthetic,
