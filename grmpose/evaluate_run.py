@@ -189,9 +189,9 @@ def evaluate_checkpoint(
     from grmpose.api import OnnxForward, TorchForward, export_cached, read_sidecar
     from grmpose.checkpoint import CheckpointError, load_model
     from grmpose.data.coco import resolve_dataset
+    from grmpose.inference import check_short_side
 
-    if input_size is not None and input_size <= 0:
-        raise ValueError(f"--input-size must be positive, got {input_size}")
+    check_short_side(input_size)
     ann_file, image_dir, data_spec = resolve_dataset(data, split)
     out = Path(out) if out is not None else Path(checkpoint).parent / f"eval_{split}"
     check_output_dir(out)

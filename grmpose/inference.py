@@ -40,6 +40,13 @@ def pad_black(tensor: torch.Tensor, right: int, bottom: int) -> torch.Tensor:
     return out
 
 
+def check_short_side(input_size: int | None) -> None:
+    """Refuse a test short side (``--input-size``) that is not positive; ``None`` (the model's
+    training size) passes. Called before any output is written."""
+    if input_size is not None and input_size <= 0:
+        raise ValueError(f"--input-size must be positive, got {input_size}")
+
+
 def prepare_image(
     image: np.ndarray, short_side: int, max_long_side: int = 4096
 ) -> tuple[torch.Tensor, np.ndarray]:

@@ -399,9 +399,9 @@ def rescore_fit_main(
     from grmpose.api import TorchForward
     from grmpose.checkpoint import load_model
     from grmpose.data.coco import load_coco_keypoints, resolve_dataset
+    from grmpose.inference import check_short_side
 
-    if input_size is not None and input_size <= 0:
-        raise ValueError(f"--input-size must be positive, got {input_size}")
+    check_short_side(input_size)
     ann_file, image_dir, data_spec = resolve_dataset(data, split)
     model, config, spec = load_model(checkpoint, spec=data_spec, device=device)
     records = load_coco_keypoints(ann_file, image_dir, spec)
