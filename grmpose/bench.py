@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from grmpose.model import adaptive_conv_kernel
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -370,7 +372,8 @@ def measure_yolo(
             path = Path(tmp) / f"{model}.onnx"
             t0 = time.perf_counter()
             try:
-                torch.onnx.export(net, (x,), dynamo=True, opset_version=18, verbose=False).save(str(path))
+                with adaptive_conv_kernel.disabled():  # ONNX sees the grid_sample path
+                    torch.onnx.export(net, (x,), dynamo=True, opset_version=18, verbose=False).save(str(path))
             except Exception as err:  # the exporter raises many exception types
                 return {
                     **row,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from grmpose.fileio import atomic_path
+from grmpose.model import adaptive_conv_kernel
 
 if TYPE_CHECKING:
     import onnx
@@ -42,7 +43,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 256, opset
     width = torch.export.Dim("w32", min=1, max=256)
     dynamic_shapes = {"images": {0: batch, 2: 32 * height, 3: 32 * width}}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), adaptive_conv_kernel.disabled():  # ONNX has no fused kernel
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model,

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from grmpose.model import adaptive_conv_kernel
+
 aten = torch.ops.aten
 
 
@@ -42,7 +44,7 @@ def count_flops(model: nn.Module, input_size: int | tuple[int, int], batch: int 
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS)
-    with torch.no_grad(), counter:
+    with torch.no_grad(), counter, adaptive_conv_kernel.disabled():  # count grid_sample's standard ops
         model(x)
     model.train(was_training)
     flops = counter.get_total_flops()

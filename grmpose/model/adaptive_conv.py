@@ -14,7 +14,9 @@ All keypoints' adaptive convolutions run as one grouped operation: the input hol
 (one per keypoint) of c channels each, ``B x (G*c) x H x W``; groups never mix.
 
 Sampling uses ``grid_sample`` on a grid built with ``torch.arange`` (not ``linspace``), which keeps
-H and W dynamic in the ONNX export.
+H and W dynamic in the ONNX export. On the CPU, a fused kernel (``adaptive_conv_kernel``, compiled
+on first use) computes the same thing 2-3x faster, forward and backward; the ``grid_sample`` path
+is what CUDA, ONNX export and ``torch.compile`` see, and what runs if the kernel cannot be built.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from grmpose.model import adaptive_conv_kernel
 
 
 def regular_grid(device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -139,7 +143,11 @@ class AdaptiveConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         g, c = self.groups, self.channels
-        taps = sample_taps(x, self.transform(x), g).reshape(b, g, c * 9, h * w)
+        transform = self.transform(x)
+        if adaptive_conv_kernel.usable(x, transform, self.weight):  # the fused CPU kernel, same result
+            out = adaptive_conv_kernel.adaptive_conv(x, transform, self.weight, g)
+            return out if self.bias is None else out + self.bias[:, None, None]
+        taps = sample_taps(x, transform, g).reshape(b, g, c * 9, h * w)
         bias = None if self.bias is None else self.bias.reshape(g, c)
         out = grouped_linear(self.weight.reshape(g, c, c * 9), taps, bias)
         return out.reshape(b, g * c, h, w)

@@ -1,0 +1,128 @@
+"""The fused CPU kernel of the adaptive convolution (``adaptive_conv_cpu.cpp``), compiled on first use.
+
+``grid_sample`` followed by a batched matmul writes the 9 taps of every channel as a
+B x (G*c*9) x H x W tensor and reads it back, forward and backward; on the CPU those two ops were
+about 44 % of a ``tiny`` training step. The kernel computes each pixel's 9c samples in a local
+buffer and applies the group's weight at once, and its backward pass returns the gradients of the
+input, of the A/t maps and of the weight in one sweep. It is exact (the same bilinear rule, zero
+outside the map; tests/test_adaptive_conv_kernel.py checks it against the naive loop and against
+the ``grid_sample`` path, values and gradients).
+
+``AdaptiveConv`` uses it when every condition holds: CPU float32/float64 tensors, not exporting
+to ONNX, not traced by ``torch.compile``, ``GRMPOSE_ADAPTIVE_KERNEL`` not set to 0, and the
+kernel compiled. The first use compiles it with the machine's C++ compiler through
+``torch.utils.cpp_extension`` (needs ``ninja``, a dependency; about half a minute, then cached in
+torch's extension folder, ``TORCH_EXTENSIONS_DIR``). If the build fails, a warning says why once and
+the ``grid_sample`` path runs instead: same results, slower. CUDA always takes the
+``grid_sample`` path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("adaptive_conv_cpu.cpp")
+#: set to 0 to always take the grid_sample path
+ENV_SWITCH = "GRMPOSE_ADAPTIVE_KERNEL"
+
+_state: dict[str, bool] = {"disabled": False}
+
+
+def enabled() -> bool:
+    """The switch: ``GRMPOSE_ADAPTIVE_KERNEL`` unset or anything but 0/false/no/off, and not inside
+    ``disabled()``."""
+    if _state["disabled"]:
+        return False
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Take the ``grid_sample`` path inside this block (ONNX export, FLOP counting: tools that must
+    see standard operators)."""
+    before = _state["disabled"]
+    _state["disabled"] = True
+    try:
+        yield
+    finally:
+        _state["disabled"] = before
+
+
+def load() -> bool:
+    """Compile (or load the cached build of) the kernel once per process; ``True`` when it can run."""
+    if "loaded" not in _state:
+        try:
+            from torch.utils import cpp_extension
+
+            cpp_extension.load(
+                name="grmpose_adaptive_conv",
+                sources=[str(SOURCE)],
+                extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                is_python_module=False,
+                verbose=False,
+            )
+            _state["loaded"] = hasattr(torch.ops.grmpose, "adaptive_conv_forward")
+        except Exception as exc:  # no compiler, no ninja, a failed build: the grid_sample path still works
+            log.warning(
+                "the fused adaptive-convolution kernel could not be built (%s); using grid_sample", exc
+            )
+            _state["loaded"] = False
+    return _state["loaded"]
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether ``adaptive_conv`` can run on these tensors here and now (see the module's docstring)."""
+    if not enabled() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False
+    if getattr(torch.compiler, "is_exporting", lambda: False)():
+        return False
+    dtype = tensors[0].dtype
+    if dtype not in (torch.float32, torch.float64):
+        return False
+    if any(t.device.type != "cpu" or t.dtype != dtype for t in tensors):
+        return False
+    return load()
+
+
+class _AdaptiveConvFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, transform: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, transform, weight)
+        return torch.ops.grmpose.adaptive_conv_forward(x, transform, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, transform, weight = ctx.saved_tensors
+        grad_x, grad_t, grad_w = torch.ops.grmpose.adaptive_conv_backward(grad_out, x, transform, weight)
+        return grad_x, grad_t, grad_w
+
+
+def adaptive_conv(
+    x: torch.Tensor, transform: torch.Tensor, weight: torch.Tensor, groups: int
+) -> torch.Tensor:
+    """The grouped adaptive convolution by the fused kernel (call ``usable`` first).
+
+    Args:
+        x: B x (G*c) x H x W input.
+        transform: B x G x 6 x H x W, per group (a11, a12, a21, a22, tx, ty) in pixels.
+        weight: (G*c) x c x 3 x 3, a grouped 3x3 convolution's weight (tap k = 3 * ky + kx).
+        groups: G.
+    Returns:
+        B x (G*c) x H x W.
+    """
+    b, gc, h, w = x.shape
+    c = gc // groups
+    # the kernel's layouts: input channels last inside each group; weight (out, tap, in)
+    x5 = x.reshape(b, groups, c, h, w).permute(0, 1, 3, 4, 2).contiguous()
+    w3 = weight.reshape(groups, c, c, 9).permute(0, 1, 3, 2).reshape(groups, c, 9 * c).contiguous()
+    out = _AdaptiveConvFunction.apply(x5, transform.contiguous(), w3)
+    return out.reshape(b, gc, h, w)

@@ -1,0 +1,120 @@
+"""The fused CPU kernel of the adaptive convolution against the naive loop, the grid_sample path and
+finite differences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from grmpose.model import adaptive_conv_kernel
+from grmpose.model.adaptive_conv import AdaptiveConv, grouped_linear, sample_taps
+from tests.test_model import naive_adaptive_conv
+
+
+def test_kernel_builds_here():
+    # CI and this machine have a compiler and ninja: a failed build would silently cost the speed
+    assert adaptive_conv_kernel.load()
+
+
+def grid_sample_path(x, transform, weight, groups):
+    """The reference implementation: grid_sample taps, then the per-group weight as a matmul."""
+    b, gc, h, w = x.shape
+    c = gc // groups
+    taps = sample_taps(x, transform, groups).reshape(b, groups, c * 9, h * w)
+    return grouped_linear(weight.reshape(groups, c, c * 9), taps).reshape(b, gc, h, w)
+
+
+def random_case(channels, groups, h=6, w=7, batch=2, seed=0, dtype=torch.float64, spread=2.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, groups * channels, h, w, generator=g, dtype=dtype)
+    transform = torch.randn(batch, groups, 6, h, w, generator=g, dtype=dtype) * spread
+    transform[:, :, 4:] *= 2  # translations reaching past the border
+    transform[0, 0, 4, 0, 0] = 1e6  # a tap far outside the map (reads zeros)
+    transform[0, 0, 5, 0, 1] = float("-inf")
+    weight = torch.randn(groups * channels, channels, 3, 3, generator=g, dtype=dtype)
+    return x, transform, weight
+
+
+@pytest.mark.parametrize("channels", [3, 8, 15])  # 8 and 15 take the kernel's specialised code
+def test_forward_matches_naive_loop(channels):
+    torch.manual_seed(channels)
+    conv = AdaptiveConv(channels=channels, groups=2).double()
+    with torch.no_grad():
+        conv.affine.weight.normal_(0, 0.3)
+        conv.affine.bias.normal_(0, 0.8)
+        conv.translation.weight.normal_(0, 0.5)
+        conv.translation.bias.normal_(0, 1.5)
+    x = torch.randn(1, 2 * channels, 4, 5, dtype=torch.float64)
+    transform = conv.transform(x)
+    out = adaptive_conv_kernel.adaptive_conv(x, transform, conv.weight, 2)
+    torch.testing.assert_close(out, naive_adaptive_conv(conv, x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("channels", [3, 8, 15])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_values_and_gradients_match_grid_sample_path(channels, dtype):
+    x, transform, weight = random_case(channels, groups=3, dtype=dtype, seed=channels)
+    transform[0, 0, 5, 0, 1] = 40.0  # grid_sample's gradient is undefined at -inf
+    tol = {"rtol": 1e-9, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    inputs = [t.clone().requires_grad_() for t in (x, transform, weight)]
+    ref = grid_sample_path(*inputs, 3)
+    grad_out = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, inputs, grad_out)
+    inputs = [t.clone().requires_grad_() for t in (x, transform, weight)]
+    out = adaptive_conv_kernel.adaptive_conv(*inputs, 3)
+    grads = torch.autograd.grad(out, inputs, grad_out)
+    torch.testing.assert_close(out, ref, **tol)
+    for name, got, want in zip(("input", "transform", "weight"), grads, ref_grads):
+        torch.testing.assert_close(got, want, **tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_gradients_match_finite_differences():
+    x, transform, weight = random_case(4, groups=2, h=4, w=5, batch=1, seed=3, spread=0.7)
+    transform[0, 0, 5, 0, 1] = 30.0  # finite differences need finite inputs
+    inputs = tuple(t.requires_grad_() for t in (x, transform, weight))
+    assert torch.autograd.gradcheck(lambda *t: adaptive_conv_kernel.adaptive_conv(*t, 2), inputs, eps=1e-6, atol=1e-6)
+
+
+def test_far_taps_read_zero():
+    """Every tap far outside the map (or at -inf): the output is exactly zero, gradients too."""
+    x = torch.randn(1, 4, 5, 5, requires_grad=True)
+    transform = torch.zeros(1, 1, 6, 5, 5)
+    transform[:, :, 4] = -1e9
+    out = adaptive_conv_kernel.adaptive_conv(x, transform, torch.randn(4, 4, 3, 3), 1)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_adaptive_conv_module_takes_kernel_on_cpu(monkeypatch):
+    conv = AdaptiveConv(channels=8, groups=2)
+    with torch.no_grad():
+        conv.affine.bias.normal_(0, 0.5)
+        conv.translation.bias.normal_(0, 1.0)
+    x = torch.randn(2, 16, 8, 8)
+    expected = conv(x)  # the kernel
+    with adaptive_conv_kernel.disabled():
+        torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)  # grid_sample path
+    monkeypatch.setenv(adaptive_conv_kernel.ENV_SWITCH, "0")
+    assert not adaptive_conv_kernel.usable(x)
+    monkeypatch.delenv(adaptive_conv_kernel.ENV_SWITCH)
+
+    def no_grid_sample(*args, **kwargs):
+        raise AssertionError("grid_sample called on the kernel's path")
+
+    monkeypatch.setattr(F, "grid_sample", no_grid_sample)
+    torch.testing.assert_close(conv(x), expected)
+    with torch.no_grad():
+        conv.bias = torch.nn.Parameter(torch.randn(16))  # as grmpose.fuse sets it
+    torch.testing.assert_close(conv(x), expected + conv.bias[:, None, None])
+
+
+def test_kernel_not_used_for_other_dtypes_or_when_disabled():
+    x = torch.randn(1, 4, 3, 3)
+    assert adaptive_conv_kernel.usable(x)
+    assert not adaptive_conv_kernel.usable(x.bfloat16())
+    assert not adaptive_conv_kernel.usable(x, x.double())
+    with adaptive_conv_kernel.disabled():
+        assert not adaptive_conv_kernel.usable(x)
+    assert adaptive_conv_kernel.usable(x)
