@@ -42,8 +42,11 @@ def unpack_revision(rev: str, dest: Path) -> Path:
     return dest
 
 
-def run_case(source: Path, data: Path, out: Path, args: argparse.Namespace, extra: list[str]) -> dict:
-    """One ``grmpose train`` process from ``source``; its summary plus the child's peak RSS."""
+def run_case(
+    source: Path, data: Path, out: Path, args: argparse.Namespace, extra: list[str], env_extra: dict | None = None
+) -> dict:
+    """One ``grmpose train`` process from ``source`` (``env_extra`` added to its environment); its
+    summary plus the child's peak RSS."""
     if out.exists():
         shutil.rmtree(out)
     cmd = [
@@ -51,7 +54,7 @@ def run_case(source: Path, data: Path, out: Path, args: argparse.Namespace, extr
         "--input-size", str(args.input_size), "--batch-size", str(args.batch_size),
         "--max-steps", str(args.steps), "--val-every", "0", "--quiet", *extra,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(source)}
+    env = {**os.environ, "PYTHONPATH": str(source), **(env_extra or {})}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=source, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -103,25 +106,28 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="grmpose-throughput-") as tmp:
         baseline_src = unpack_revision(rev, Path(tmp) / "baseline")
         workers = ["--workers", str(args.workers)]
+        no_kernel = {"GRMPOSE_ADAPTIVE_KERNEL": "0"}
         cases = [
-            (f"baseline ({rev})", baseline_src, workers),
-            (f"this code, {args.workers} DataLoader worker(s)", ROOT, workers),
-            ("this code (default)", ROOT, []),
+            (f"baseline ({rev})", baseline_src, workers, {}),
+            (f"this code, {args.workers} DataLoader worker(s)", ROOT, workers, {}),
+            ("this code, grid_sample instead of the fused adaptive-conv kernel", ROOT, [], no_kernel),
+            ("this code (default)", ROOT, [], {}),
         ]
-        runs: dict[str, list[dict]] = {name: [] for name, _, _ in cases}
+        runs: dict[str, list[dict]] = {name: [] for name, _, _, _ in cases}
         for r in range(args.repeats):
-            for name, source, extra in cases:
-                rec = run_case(source, data, Path(tmp) / "run", args, extra)
+            for name, source, extra, env_extra in cases:
+                rec = run_case(source, data, Path(tmp) / "run", args, extra, env_extra)
                 runs[name].append(rec)
                 print(f"[{r + 1}/{args.repeats}] {name}: {rec['images_per_s']:.2f} images/s", flush=True)
     base = statistics.median([r["images_per_s"] for r in runs[cases[0][0]]])
     rows = []
-    for name, _, extra in cases:
+    for name, _, extra, env_extra in cases:
         rs = runs[name]
         ips = statistics.median([r["images_per_s"] for r in rs])
         rows.append({
             "case": name,
             "flags": extra,
+            "env": env_extra,
             "images_per_s": ips,
             "ratio": ips / base,
             "compute_images_per_s": statistics.median([r["compute_images_per_s"] for r in rs]),
