@@ -118,3 +118,39 @@ def test_kernel_not_used_for_other_dtypes_or_when_disabled():
     with adaptive_conv_kernel.disabled():
         assert not adaptive_conv_kernel.usable(x)
     assert adaptive_conv_kernel.usable(x)
+
+
+@pytest.mark.parametrize("channels", [3, 8, 15])
+def test_transform_matches_grouped_conv2d(channels):
+    """The kernel's A/t predictor against torch's grouped 3x3 convolution, values and gradients."""
+    g = torch.Generator().manual_seed(channels)
+    groups = 3
+    x = torch.randn(2, groups * channels, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(groups * 6, channels, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(groups * 6, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = F.conv2d(x, weight, bias, padding=1, groups=groups).reshape(2, groups, 6, 5, 6)
+    grad_out = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (x, weight, bias), grad_out)
+    out = adaptive_conv_kernel.transform(adaptive_conv_kernel.group_channels_last(x, groups), weight, bias)
+    grads = torch.autograd.grad(out, (x, weight, bias), grad_out)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_module_gradients_match_grid_sample_path():
+    """AdaptiveConv as training sees it: the kernel path's parameter gradients equal the reference path's."""
+    torch.manual_seed(5)
+    conv = AdaptiveConv(channels=8, groups=3).double()
+    with torch.no_grad():
+        for p in (conv.affine.weight, conv.translation.weight):
+            p.normal_(0, 0.2)
+        conv.affine.bias.normal_(0, 0.5)
+        conv.translation.bias.normal_(0, 1.0)
+    x = torch.randn(2, 24, 7, 6, dtype=torch.float64, requires_grad=True)
+    params = [x, *conv.parameters()]
+    grads = torch.autograd.grad(conv(x).square().sum(), params)
+    with adaptive_conv_kernel.disabled():
+        ref = torch.autograd.grad(conv(x).square().sum(), params)
+    for got, want in zip(grads, ref):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)

@@ -132,22 +132,31 @@ class AdaptiveConv(nn.Module):
         on a loaded machine.)
         """
         b, _, h, w = x.shape
+        weight, bias = self.transform_parameters()
+        pred = F.conv2d(x, weight, bias, padding=1, groups=self.groups)
+        return pred.reshape(b, self.groups, 6, h, w)
+
+    def transform_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both predictors as one grouped conv: weight (G*6) x c x 3 x 3 and bias G*6, per group the
+        rows a11, a12, a21, a22, tx, ty."""
         g, c = self.groups, self.channels
         weight = torch.cat(
             [self.affine.weight.reshape(g, 4, c, 3, 3), self.translation.weight.reshape(g, 2, c, 3, 3)], dim=1
         )
         bias = torch.cat([self.affine.bias.reshape(g, 4), self.translation.bias.reshape(g, 2)], dim=1)
-        pred = F.conv2d(x, weight.reshape(g * 6, c, 3, 3), bias.reshape(g * 6), padding=1, groups=g)
-        return pred.reshape(b, g, 6, h, w)
+        return weight.reshape(g * 6, c, 3, 3), bias.reshape(g * 6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         g, c = self.groups, self.channels
-        transform = self.transform(x)
-        if adaptive_conv_kernel.usable(x, transform, self.weight):  # the fused CPU kernel, same result
-            out = adaptive_conv_kernel.adaptive_conv(x, transform, self.weight, g)
+        if adaptive_conv_kernel.usable(
+            x, self.weight, self.affine.weight
+        ):  # the fused CPU kernel, same result
+            x5 = adaptive_conv_kernel.group_channels_last(x, g)
+            transform = adaptive_conv_kernel.transform(x5, *self.transform_parameters())
+            out = adaptive_conv_kernel.adaptive_conv_x5(x5, transform, self.weight)
             return out if self.bias is None else out + self.bias[:, None, None]
-        taps = sample_taps(x, transform, g).reshape(b, g, c * 9, h * w)
+        taps = sample_taps(x, self.transform(x), g).reshape(b, g, c * 9, h * w)
         bias = None if self.bias is None else self.bias.reshape(g, c)
         out = grouped_linear(self.weight.reshape(g, c, c * 9), taps, bias)
         return out.reshape(b, g * c, h, w)

@@ -249,14 +249,163 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_conv_backward(const at::
   return {grad_x, grad_tr, grad_w.sum(0)};
 }
 
+// ---------------------------------------------------------------------------------------------
+// The A/t predictor: a grouped 3x3 convolution (padding 1) from each group's c channels to its 6
+// transform maps, on the same channels-last layout (oneDNN's grouped convolution with 8 channels
+// per group spent ~60 ms of a 470 ms tiny training step on it, mostly in its backward).
+//   tw  G x 6 x 9c   output o, then (tap k, input channel i) at k * c + i; tap k reads p + (kx-1, ky-1)
+//   tb  G x 6
+// Output: B x G x 6 x H x W.
+
+constexpr int kOut = 6;
+
+// n[k * ch + i] = x at pixel (px + kx - 1, py + ky - 1), channel i; 0 outside the map
+template <typename T, int CH>
+inline void neighbours(const T* xg, int64_t ch_runtime, int64_t px, int64_t py, int64_t h, int64_t w, T* n) {
+  const int64_t ch = CH > 0 ? CH : ch_runtime;
+  for (int k = 0; k < kTaps; ++k) {
+    const int64_t qx = px + k % 3 - 1, qy = py + k / 3 - 1;
+    T* nk = n + k * ch;
+    if (qx < 0 || qx >= w || qy < 0 || qy >= h) {
+      for (int64_t i = 0; i < ch; ++i) nk[i] = 0;
+      continue;
+    }
+    const T* src = xg + (qy * w + qx) * ch;
+    for (int64_t i = 0; i < ch; ++i) nk[i] = src[i];
+  }
+}
+
+template <typename T, int CH>
+void transform_forward_impl(const at::Tensor& x, const at::Tensor& tw, const at::Tensor& tb, at::Tensor& out) {
+  const int64_t b = x.size(0), g = x.size(1), h = x.size(2), w = x.size(3), ch = CH > 0 ? CH : x.size(4);
+  const int64_t hw = h * w, kc = kTaps * ch;
+  const T* xp = x.data_ptr<T>();
+  const T* twp = tw.data_ptr<T>();
+  const T* tbp = tb.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, b * g, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> n(kc);
+    for (int64_t bg = begin; bg < end; ++bg) {
+      const int64_t gi = bg % g;
+      const T* xg = xp + bg * hw * ch;
+      const T* wg = twp + gi * kOut * kc;
+      T* og = op + bg * kOut * hw;
+      for (int64_t p = 0; p < hw; ++p) {
+        neighbours<T, CH>(xg, ch, p % w, p / w, h, w, n.data());
+        for (int o = 0; o < kOut; ++o) {
+          const T* wo = wg + o * kc;
+          T acc = 0;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t j = 0; j < kc; ++j) acc += wo[j] * n[j];
+          og[o * hw + p] = acc + tbp[gi * kOut + o];
+        }
+      }
+    }
+  });
+}
+
+template <typename T, int CH>
+void transform_backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& tw, at::Tensor& grad_x,
+                             at::Tensor& grad_w, at::Tensor& grad_b) {
+  const int64_t b = x.size(0), g = x.size(1), h = x.size(2), w = x.size(3), ch = CH > 0 ? CH : x.size(4);
+  const int64_t hw = h * w, kc = kTaps * ch;
+  const T* gop = grad_out.data_ptr<T>();
+  const T* xp = x.data_ptr<T>();
+  const T* twp = tw.data_ptr<T>();
+  T* gxp = grad_x.data_ptr<T>();
+  T* gwp = grad_w.data_ptr<T>();  // B x G x 6 x 9c and B x G x 6: summed over B by the caller
+  T* gbp = grad_b.data_ptr<T>();
+  at::parallel_for(0, b * g, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> n(kc), gn(kc);
+    for (int64_t bg = begin; bg < end; ++bg) {
+      const int64_t gi = bg % g;
+      const T* xg = xp + bg * hw * ch;
+      const T* wg = twp + gi * kOut * kc;
+      const T* gog = gop + bg * kOut * hw;
+      T* gxg = gxp + bg * hw * ch;
+      T* gwg = gwp + bg * kOut * kc;
+      T* gbg = gbp + bg * kOut;
+      for (int64_t p = 0; p < hw; ++p) {
+        const int64_t px = p % w, py = p / w;
+        neighbours<T, CH>(xg, ch, px, py, h, w, n.data());
+        for (int64_t j = 0; j < kc; ++j) gn[j] = 0;
+        for (int o = 0; o < kOut; ++o) {
+          const T gv = gog[o * hw + p];
+          const T* wo = wg + o * kc;
+          T* gwo = gwg + o * kc;
+          gbg[o] += gv;
+#pragma omp simd
+          for (int64_t j = 0; j < kc; ++j) {
+            gwo[j] += gv * n[j];
+            gn[j] += gv * wo[j];
+          }
+        }
+        for (int k = 0; k < kTaps; ++k) {
+          const int64_t qx = px + k % 3 - 1, qy = py + k / 3 - 1;
+          if (qx < 0 || qx >= w || qy < 0 || qy >= h) continue;
+          T* dst = gxg + (qy * w + qx) * ch;
+          const T* gnk = gn.data() + k * ch;
+#pragma omp simd
+          for (int64_t i = 0; i < ch; ++i) dst[i] += gnk[i];
+        }
+      }
+    }
+  });
+}
+
+void check_transform_inputs(const at::Tensor& x, const at::Tensor& tw, const at::Tensor& tb) {
+  TORCH_CHECK(x.dim() == 5 && tw.dim() == 3 && tb.dim() == 2, "adaptive_transform: x B,G,H,W,c; tw G,6,9c; tb G,6");
+  TORCH_CHECK(x.device().is_cpu(), "adaptive_transform: CPU tensors only");
+  TORCH_CHECK(x.is_contiguous() && tw.is_contiguous() && tb.is_contiguous(), "adaptive_transform: contiguous tensors only");
+  TORCH_CHECK(tw.size(0) == x.size(1) && tw.size(1) == kOut && tw.size(2) == kTaps * x.size(4) && tb.size(0) == x.size(1) &&
+                  tb.size(1) == kOut,
+              "adaptive_transform: weight shape does not match the input");
+  TORCH_CHECK(tw.scalar_type() == x.scalar_type() && tb.scalar_type() == x.scalar_type(),
+              "adaptive_transform: one dtype for all inputs");
+}
+
+at::Tensor adaptive_transform_forward(const at::Tensor& x, const at::Tensor& tw, const at::Tensor& tb) {
+  check_transform_inputs(x, tw, tb);
+  auto out = at::empty({x.size(0), x.size(1), kOut, x.size(2), x.size(3)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "adaptive_transform_forward", [&] {
+    switch (x.size(4)) {
+      case 8: transform_forward_impl<scalar_t, 8>(x, tw, tb, out); break;
+      case 15: transform_forward_impl<scalar_t, 15>(x, tw, tb, out); break;
+      default: transform_forward_impl<scalar_t, 0>(x, tw, tb, out);
+    }
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_transform_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                           const at::Tensor& tw) {
+  TORCH_CHECK(tw.dim() == 3 && tw.size(0) == x.size(1), "adaptive_transform: weight shape does not match the input");
+  auto go = grad_out.contiguous();
+  auto grad_x = at::zeros_like(x);
+  auto grad_w = at::zeros({x.size(0), tw.size(0), tw.size(1), tw.size(2)}, x.options());
+  auto grad_b = at::zeros({x.size(0), tw.size(0), kOut}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "adaptive_transform_backward", [&] {
+    switch (x.size(4)) {
+      case 8: transform_backward_impl<scalar_t, 8>(go, x, tw, grad_x, grad_w, grad_b); break;
+      case 15: transform_backward_impl<scalar_t, 15>(go, x, tw, grad_x, grad_w, grad_b); break;
+      default: transform_backward_impl<scalar_t, 0>(go, x, tw, grad_x, grad_w, grad_b);
+    }
+  });
+  return {grad_x, grad_w.sum(0), grad_b.sum(0)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(grmpose, m) {
   m.def("adaptive_conv_forward(Tensor x, Tensor tr, Tensor weight) -> Tensor");
   m.def("adaptive_conv_backward(Tensor grad_out, Tensor x, Tensor tr, Tensor weight) -> (Tensor, Tensor, Tensor)");
+  m.def("adaptive_transform_forward(Tensor x, Tensor tw, Tensor tb) -> Tensor");
+  m.def("adaptive_transform_backward(Tensor grad_out, Tensor x, Tensor tw) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(grmpose, CPU, m) {
   m.impl("adaptive_conv_forward", &adaptive_conv_forward);
   m.impl("adaptive_conv_backward", &adaptive_conv_backward);
+  m.impl("adaptive_transform_forward", &adaptive_transform_forward);
+  m.impl("adaptive_transform_backward", &adaptive_transform_backward);
 }

@@ -106,6 +106,50 @@ class _AdaptiveConvFunction(torch.autograd.Function):
         return grad_x, grad_t, grad_w
 
 
+class _TransformFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.ops.grmpose.adaptive_transform_forward(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        return torch.ops.grmpose.adaptive_transform_backward(grad_out, x, weight)
+
+
+def group_channels_last(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """B x (G*c) x H x W -> B x G x H x W x c, the kernel's input layout."""
+    b, gc, h, w = x.shape
+    return x.reshape(b, groups, gc // groups, h, w).permute(0, 1, 3, 4, 2).contiguous()
+
+
+def taps_last(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped 3x3 conv weight (G*O) x c x 3 x 3 -> G x O x 9c, (tap k, input channel i) at k * c + i."""
+    go, c = weight.shape[:2]
+    return weight.reshape(groups, go // groups, c, 9).permute(0, 1, 3, 2).reshape(groups, go // groups, 9 * c)
+
+
+def transform(x5: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The A/t predictor (a grouped 3x3 conv, padding 1) by the kernel.
+
+    Args:
+        x5: B x G x H x W x c (``group_channels_last``).
+        weight: (G*6) x c x 3 x 3, per group the rows a11, a12, a21, a22, tx, ty.  bias: G*6.
+    Returns:
+        B x G x 6 x H x W.
+    """
+    g = x5.shape[1]
+    return _TransformFunction.apply(x5, taps_last(weight, g).contiguous(), bias.reshape(g, 6).contiguous())
+
+
+def adaptive_conv_x5(x5: torch.Tensor, transform: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``adaptive_conv`` on an input already in the kernel's layout; B x (G*c) x H x W out."""
+    b, g, h, w, c = x5.shape
+    out = _AdaptiveConvFunction.apply(x5, transform.contiguous(), taps_last(weight, g).contiguous())
+    return out.reshape(b, g * c, h, w)
+
+
 def adaptive_conv(
     x: torch.Tensor, transform: torch.Tensor, weight: torch.Tensor, groups: int
 ) -> torch.Tensor:
@@ -119,10 +163,4 @@ def adaptive_conv(
     Returns:
         B x (G*c) x H x W.
     """
-    b, gc, h, w = x.shape
-    c = gc // groups
-    # the kernel's layouts: input channels last inside each group; weight (out, tap, in)
-    x5 = x.reshape(b, groups, c, h, w).permute(0, 1, 3, 4, 2).contiguous()
-    w3 = weight.reshape(groups, c, c, 9).permute(0, 1, 3, 2).reshape(groups, c, 9 * c).contiguous()
-    out = _AdaptiveConvFunction.apply(x5, transform.contiguous(), w3)
-    return out.reshape(b, gc, h, w)
+    return adaptive_conv_x5(group_channels_last(x, groups), transform, weight)
