@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -207,9 +209,12 @@ def main(argv: list[str] | None = None) -> dict:
     data = Path(args.out) / "data"
     if data.is_dir():  # time what a fresh clone does: generate the data too
         shutil.rmtree(data)
-    t0 = time.perf_counter()
-    subprocess.run([*command, "demo", "--quiet", "--out", args.out], check=True)
-    wall = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="grmpose-ext-") as ext:
+        # an empty extension folder: the fused adaptive-conv kernel is compiled as on a fresh machine
+        env = {**os.environ, "TORCH_EXTENSIONS_DIR": ext}
+        t0 = time.perf_counter()
+        subprocess.run([*command, "demo", "--quiet", "--out", args.out], check=True, env=env)
+        wall = time.perf_counter() - t0
     result = record(Path(args.out), wall, f"grmpose demo --quiet --out {args.out}", argv, other_sets(Path(args.out)))
     docs_pictures(Path(args.out))
     return result
