@@ -3,6 +3,8 @@ finite differences."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -154,3 +156,15 @@ def test_module_gradients_match_grid_sample_path():
         ref = torch.autograd.grad(conv(x).square().sum(), params)
     for got, want in zip(grads, ref):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_ninja_of_the_environment_is_found_without_activating_it(monkeypatch):
+    """``.venv/bin/grmpose`` run without activating the venv: its ninja (pip's) goes on PATH."""
+    import sysconfig
+    from pathlib import Path
+
+    scripts = sysconfig.get_path("scripts")
+    assert Path(scripts, "ninja").exists(), "ninja is a dependency: pip puts it beside python"
+    monkeypatch.setenv("PATH", "/nonexistent")
+    adaptive_conv_kernel._put_ninja_on_path()
+    assert os.environ["PATH"].split(os.pathsep)[0] == scripts

@@ -183,7 +183,20 @@ def _test_size(monkeypatch, tmp_path):
     return tmp_path / "test_size.json", "python -m benchmarks.test_size " + shlex.join(argv)
 
 
+def _adaptive_conv(monkeypatch, tmp_path):
+    import benchmarks.adaptive_conv
+
+    monkeypatch.setattr(benchmarks.adaptive_conv, "CASES", (("small", 2, 3, 8, 6),))
+    monkeypatch.setattr(benchmarks.adaptive_conv, "RESULTS", tmp_path)
+    argv = ["--repeats", "1"]
+    benchmarks.adaptive_conv.main(argv)
+    table = (tmp_path / "adaptive_conv.md").read_text()
+    assert "| small (batch 2, 3 x 8 channels, 6²) | forward + backward |" in table
+    return tmp_path / "adaptive_conv.json", "python -m benchmarks.adaptive_conv " + shlex.join(argv)
+
+
 WRITERS = {
+    "adaptive_conv": _adaptive_conv,
     "decoders": _decoders,
     "test_size": _test_size,
     "demo": _demo,

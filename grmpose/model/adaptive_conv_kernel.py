@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +64,8 @@ def load() -> bool:
         try:
             from torch.utils import cpp_extension
 
+            _put_ninja_on_path()
+
             cpp_extension.load(
                 name="grmpose_adaptive_conv",
                 sources=[str(SOURCE)],
@@ -77,6 +81,14 @@ def load() -> bool:
             )
             _state["loaded"] = False
     return _state["loaded"]
+
+
+def _put_ninja_on_path() -> None:
+    """torch runs ``ninja`` from PATH; the pip package installs it beside this Python's scripts,
+    which is not on PATH when a virtual environment's programs are run without activating it."""
+    scripts = sysconfig.get_path("scripts")
+    if shutil.which("ninja") is None and scripts and Path(scripts, "ninja").exists():
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
 
 
 def usable(*tensors: torch.Tensor) -> bool:
