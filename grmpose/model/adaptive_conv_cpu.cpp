@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -206,6 +207,17 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
   });
 }
 
+// Calls f(std::integral_constant<int, CH>) with CH = the channel count when it is one the presets use
+// (8: tiny, 15: DEKR's and grmpose's), so that those get loops of a fixed length; CH = 0 otherwise.
+template <typename F>
+void with_channels(int64_t ch, F&& f) {
+  switch (ch) {
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 15: f(std::integral_constant<int, 15>{}); break;
+    default: f(std::integral_constant<int, 0>{});
+  }
+}
+
 void check_inputs(const at::Tensor& x, const at::Tensor& tr, const at::Tensor& weight) {
   TORCH_CHECK(x.dim() == 5 && tr.dim() == 5 && weight.dim() == 3, "adaptive_conv: x B,G,H,W,c; tr B,G,6,H,W; weight G,c,9c");
   TORCH_CHECK(x.device().is_cpu(), "adaptive_conv: CPU tensors only");
@@ -223,11 +235,7 @@ at::Tensor adaptive_conv_forward(const at::Tensor& x, const at::Tensor& tr, cons
   check_inputs(x, tr, weight);
   auto out = at::empty({x.size(0), x.size(1), x.size(4), x.size(2), x.size(3)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "adaptive_conv_forward", [&] {
-    switch (x.size(4)) {
-      case 8: forward_impl<scalar_t, 8>(x, tr, weight, out); break;
-      case 15: forward_impl<scalar_t, 15>(x, tr, weight, out); break;
-      default: forward_impl<scalar_t, 0>(x, tr, weight, out);
-    }
+    with_channels(x.size(4), [&](auto ch) { forward_impl<scalar_t, decltype(ch)::value>(x, tr, weight, out); });
   });
   return out;
 }
@@ -240,11 +248,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_conv_backward(const at::
   auto grad_tr = at::empty_like(tr);
   auto grad_w = at::zeros({x.size(0), weight.size(0), weight.size(1), weight.size(2)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "adaptive_conv_backward", [&] {
-    switch (x.size(4)) {
-      case 8: backward_impl<scalar_t, 8>(go, x, tr, weight, grad_x, grad_tr, grad_w); break;
-      case 15: backward_impl<scalar_t, 15>(go, x, tr, weight, grad_x, grad_tr, grad_w); break;
-      default: backward_impl<scalar_t, 0>(go, x, tr, weight, grad_x, grad_tr, grad_w);
-    }
+    with_channels(x.size(4), [&](auto ch) {
+      backward_impl<scalar_t, decltype(ch)::value>(go, x, tr, weight, grad_x, grad_tr, grad_w);
+    });
   });
   return {grad_x, grad_tr, grad_w.sum(0)};
 }
@@ -368,11 +374,7 @@ at::Tensor adaptive_transform_forward(const at::Tensor& x, const at::Tensor& tw,
   check_transform_inputs(x, tw, tb);
   auto out = at::empty({x.size(0), x.size(1), kOut, x.size(2), x.size(3)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "adaptive_transform_forward", [&] {
-    switch (x.size(4)) {
-      case 8: transform_forward_impl<scalar_t, 8>(x, tw, tb, out); break;
-      case 15: transform_forward_impl<scalar_t, 15>(x, tw, tb, out); break;
-      default: transform_forward_impl<scalar_t, 0>(x, tw, tb, out);
-    }
+    with_channels(x.size(4), [&](auto ch) { transform_forward_impl<scalar_t, decltype(ch)::value>(x, tw, tb, out); });
   });
   return out;
 }
@@ -385,11 +387,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_transform_backward(const
   auto grad_w = at::zeros({x.size(0), tw.size(0), tw.size(1), tw.size(2)}, x.options());
   auto grad_b = at::zeros({x.size(0), tw.size(0), kOut}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "adaptive_transform_backward", [&] {
-    switch (x.size(4)) {
-      case 8: transform_backward_impl<scalar_t, 8>(go, x, tw, grad_x, grad_w, grad_b); break;
-      case 15: transform_backward_impl<scalar_t, 15>(go, x, tw, grad_x, grad_w, grad_b); break;
-      default: transform_backward_impl<scalar_t, 0>(go, x, tw, grad_x, grad_w, grad_b);
-    }
+    with_channels(x.size(4), [&](auto ch) {
+      transform_backward_impl<scalar_t, decltype(ch)::value>(go, x, tw, grad_x, grad_w, grad_b);
+    });
   });
   return {grad_x, grad_w.sum(0), grad_b.sum(0)};
 }
