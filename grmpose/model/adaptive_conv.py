@@ -149,9 +149,8 @@ class AdaptiveConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         g, c = self.groups, self.channels
-        if adaptive_conv_kernel.usable(
-            x, self.weight, self.affine.weight
-        ):  # the fused CPU kernel, same result
+        # on the CPU, the fused kernel: the same function, 2-3x faster (see adaptive_conv_kernel)
+        if adaptive_conv_kernel.usable(x, self.weight, self.affine.weight):
             x5 = adaptive_conv_kernel.group_channels_last(x, g)
             transform = adaptive_conv_kernel.transform(x5, *self.transform_parameters())
             out = adaptive_conv_kernel.adaptive_conv_x5(x5, transform, self.weight)

@@ -11,7 +11,7 @@ the ``grid_sample`` path, values and gradients).
 ``AdaptiveConv`` uses it when every condition holds: CPU float32/float64 tensors, not exporting
 to ONNX, not traced by ``torch.compile``, ``GRMPOSE_ADAPTIVE_KERNEL`` not set to 0, and the
 kernel compiled. The first use compiles it with the machine's C++ compiler through
-``torch.utils.cpp_extension`` (needs ``ninja``, a dependency; about half a minute, then cached in
+``torch.utils.cpp_extension`` (needs ``ninja``, a dependency; about 20 s, then cached in
 torch's extension folder, ``TORCH_EXTENSIONS_DIR``). If the build fails, a warning says why once and
 the ``grid_sample`` path runs instead: same results, slower. CUDA always takes the
 ``grid_sample`` path.
