@@ -168,3 +168,10 @@ def test_ninja_of_the_environment_is_found_without_activating_it(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     adaptive_conv_kernel._put_ninja_on_path()
     assert os.environ["PATH"].split(os.pathsep)[0] == scripts
+
+
+def test_build_names_the_vector_level_it_uses(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert adaptive_conv_kernel.vector_flags() == ("avx2", ["-mavx2", "-mfma"])
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert adaptive_conv_kernel.vector_flags() == ("default", [])

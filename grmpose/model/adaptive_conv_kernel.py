@@ -66,10 +66,11 @@ def load() -> bool:
 
             _put_ninja_on_path()
 
+            capability, flags = vector_flags()
             cpp_extension.load(
-                name="grmpose_adaptive_conv",
+                name=f"grmpose_adaptive_conv_{capability}",
                 sources=[str(SOURCE)],
-                extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                extra_cflags=["-O3", *flags, "-fopenmp"],
                 extra_ldflags=["-fopenmp"],
                 is_python_module=False,
                 verbose=False,
@@ -81,6 +82,23 @@ def load() -> bool:
             )
             _state["loaded"] = False
     return _state["loaded"]
+
+
+#: compiler flags per vector-instruction level that torch reports for this CPU
+VECTOR_FLAGS = {
+    "avx2": ["-mavx2", "-mfma"],
+    "avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
+}
+
+
+def vector_flags() -> tuple[str, list[str]]:
+    """This CPU's vector level (torch's ``get_cpu_capability``) and the flags to build for it.
+
+    Not ``-march=native``: the build is cached in the user's home folder, which machines of a cluster
+    may share, so it names the level it was built for and uses only that level's instructions."""
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    flags = VECTOR_FLAGS.get(capability)
+    return (capability, flags) if flags is not None else ("default", [])
 
 
 def _put_ninja_on_path() -> None:
