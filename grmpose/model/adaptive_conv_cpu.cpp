@@ -5,8 +5,9 @@
 // c x 9c weight at once, so the 9c samples of a pixel live in a small local buffer instead of a
 // B x G*c*9 x H x W tensor (what grid_sample + a batched matmul write and read back).
 // The backward pass recomputes the samples and returns the gradients of the input, of the six
-// transform maps (a11, a12, a21, a22, tx, ty) and of the weight. The Python side (adaptive_conv_kernel.py)
-// compiles this file on first use and checks it against the grid_sample path and a naive loop.
+// transform maps (a11, a12, a21, a22, tx, ty) and of the weight. adaptive_conv_kernel.py compiles this
+// file on first use; tests/test_adaptive_conv_kernel.py checks it against the grid_sample path, a naive
+// loop, torch's grouped conv2d and finite differences.
 //
 // Layouts (the Python side prepares them):
 //   x      B x G x H x W x c   input, channels last inside each group
