@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
+import functools
 from pathlib import Path
 
 import torch
 
 from benchmarks.provenance import write_results_json
+from grmpose.bench import _interleaved
 from grmpose.model import adaptive_conv_kernel
 from grmpose.model.adaptive_conv import AdaptiveConv
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: the two paths, timed call by call in turn (grmpose.bench's interleaved timing)
+PATHS = {"grid_sample": False, "kernel": True}
 
 #: (name, batch, groups, channels per group, map side)
 CASES = (
@@ -47,16 +49,14 @@ def make_layer(groups: int, channels: int, seed: int = 0) -> AdaptiveConv:
     return conv
 
 
-def time_call(conv: AdaptiveConv, x: torch.Tensor, backward: bool, kernel: bool) -> float:
-    """Seconds for one call on the chosen path."""
+def one_call(conv: AdaptiveConv, x: torch.Tensor, backward: bool, kernel: bool) -> None:
+    """One call on the chosen path (forward alone without autograd, or forward + backward)."""
     path = contextlib.nullcontext() if kernel else adaptive_conv_kernel.disabled()
     grad = contextlib.nullcontext() if backward else torch.no_grad()
-    t0 = time.perf_counter()
     with path, grad:
         out = conv(x)
         if backward:
             out.backward(torch.ones_like(out))
-    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,14 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
         conv = make_layer(groups, channels)
         x = torch.randn(batch, groups * channels, side, side, requires_grad=True)
         for backward in (False, True):
-            times: dict[bool, list[float]] = {False: [], True: []}
-            for _ in range(2):  # warm-up
-                for kernel in (False, True):
-                    time_call(conv, x, backward, kernel)
-            for _ in range(args.repeats):
-                for kernel in (False, True):
-                    times[kernel].append(time_call(conv, x, backward, kernel))
-            ref, fused = (statistics.median(times[k]) * 1000 for k in (False, True))
+            calls = {path: functools.partial(one_call, conv, x, backward, kernel) for path, kernel in PATHS.items()}
+            times = _interleaved(calls, args.repeats, warmup=2)
+            ref, fused = (times[path]["median_ms"] for path in PATHS)
             rows.append({
                 "case": name, "batch": batch, "groups": groups, "channels": channels, "map": side,
                 "pass": "forward + backward" if backward else "forward",
