@@ -40,8 +40,8 @@ struct Corners {
 };
 
 template <typename T>
-inline void corners_at(const T* tr, int64_t hw, int64_t px, int64_t py, int64_t p, int64_t h, int64_t w,
-                       Corners<T>& c) {
+inline void corners_at(const T* tr, int64_t p, int64_t h, int64_t w, Corners<T>& c) {
+  const int64_t hw = h * w, px = p % w, py = p / w;
   const T a11 = tr[0 * hw + p], a12 = tr[1 * hw + p], a21 = tr[2 * hw + p], a22 = tr[3 * hw + p];
   const T tx = tr[4 * hw + p], ty = tr[5 * hw + p];
   for (int k = 0; k < kTaps; ++k) {
@@ -110,7 +110,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& tr, const at::Tensor& w
       }
       T* og = op + bg * ch * hw;
       for (int64_t p = 0; p < hw; ++p) {
-        corners_at(tg, hw, p % w, p / w, p, h, w, c);
+        corners_at(tg, p, h, w, c);
         gather<T, CH>(xg, ch, c, s.data());
         // acc[o] = sum_j weight[o, j] s[j], with the weight stored j-major (wt) so that the inner
         // loop runs over contiguous output channels
@@ -152,7 +152,7 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
       T* gtg = gtp + bg * 6 * hw;
       T* gwg = gwp + bg * ch * kc;
       for (int64_t p = 0; p < hw; ++p) {
-        corners_at(tg, hw, p % w, p / w, p, h, w, c);
+        corners_at(tg, p, h, w, c);
         gather<T, CH>(xg, ch, c, s.data());
         for (int64_t o = 0; o < ch; ++o) go[o] = gog[o * hw + p];
         // weight gradient and the samples' gradient
@@ -266,19 +266,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_conv_backward(const at::
 
 constexpr int kOut = 6;
 
-// n[k * ch + i] = x at pixel (px + kx - 1, py + ky - 1), channel i; 0 outside the map
+// offset in the map of tap k's pixel (px + kx - 1, py + ky - 1) of pixel p; -1 outside the map
+inline int64_t neighbour_at(int64_t p, int k, int64_t h, int64_t w) {
+  const int64_t qx = p % w + k % 3 - 1, qy = p / w + k / 3 - 1;
+  return qx < 0 || qx >= w || qy < 0 || qy >= h ? -1 : qy * w + qx;
+}
+
+// n[k * ch + i] = x at tap k's pixel, channel i; 0 outside the map
 template <typename T, int CH>
-inline void neighbours(const T* xg, int64_t ch_runtime, int64_t px, int64_t py, int64_t h, int64_t w, T* n) {
+inline void neighbours(const T* xg, int64_t ch_runtime, int64_t p, int64_t h, int64_t w, T* n) {
   const int64_t ch = CH > 0 ? CH : ch_runtime;
   for (int k = 0; k < kTaps; ++k) {
-    const int64_t qx = px + k % 3 - 1, qy = py + k / 3 - 1;
+    const int64_t q = neighbour_at(p, k, h, w);
     T* nk = n + k * ch;
-    if (qx < 0 || qx >= w || qy < 0 || qy >= h) {
-      for (int64_t i = 0; i < ch; ++i) nk[i] = 0;
-      continue;
-    }
-    const T* src = xg + (qy * w + qx) * ch;
-    for (int64_t i = 0; i < ch; ++i) nk[i] = src[i];
+    for (int64_t i = 0; i < ch; ++i) nk[i] = q < 0 ? T(0) : xg[q * ch + i];
   }
 }
 
@@ -298,7 +299,7 @@ void transform_forward_impl(const at::Tensor& x, const at::Tensor& tw, const at:
       const T* wg = twp + gi * kOut * kc;
       T* og = op + bg * kOut * hw;
       for (int64_t p = 0; p < hw; ++p) {
-        neighbours<T, CH>(xg, ch, p % w, p / w, h, w, n.data());
+        neighbours<T, CH>(xg, ch, p, h, w, n.data());
         for (int o = 0; o < kOut; ++o) {
           const T* wo = wg + o * kc;
           T acc = 0;
@@ -333,8 +334,7 @@ void transform_backward_impl(const at::Tensor& grad_out, const at::Tensor& x, co
       T* gwg = gwp + bg * kOut * kc;
       T* gbg = gbp + bg * kOut;
       for (int64_t p = 0; p < hw; ++p) {
-        const int64_t px = p % w, py = p / w;
-        neighbours<T, CH>(xg, ch, px, py, h, w, n.data());
+        neighbours<T, CH>(xg, ch, p, h, w, n.data());
         for (int64_t j = 0; j < kc; ++j) gn[j] = 0;
         for (int o = 0; o < kOut; ++o) {
           const T gv = gog[o * hw + p];
@@ -348,9 +348,9 @@ void transform_backward_impl(const at::Tensor& grad_out, const at::Tensor& x, co
           }
         }
         for (int k = 0; k < kTaps; ++k) {
-          const int64_t qx = px + k % 3 - 1, qy = py + k / 3 - 1;
-          if (qx < 0 || qx >= w || qy < 0 || qy >= h) continue;
-          T* dst = gxg + (qy * w + qx) * ch;
+          const int64_t q = neighbour_at(p, k, h, w);
+          if (q < 0) continue;
+          T* dst = gxg + q * ch;
           const T* gnk = gn.data() + k * ch;
 #pragma omp simd
           for (int64_t i = 0; i < ch; ++i) dst[i] += gnk[i];
