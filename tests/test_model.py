@@ -148,7 +148,7 @@ def test_mfa_matches_paper_equations():
 def test_grm_matches_paper_equations():
     c, p3c = 4, 12
     grm = randomize_(GRM(c, p3c), seed=5)
-    p1, p2, p3 = torch.randn(2, c, 6, 7), torch.randn(2, c, 6, 7), torch.randn(2, p3c, 6, 7)
+    p1, p2, p3 = (torch.randn(2, ch, 6, 7, requires_grad=True) for ch in (c, c, p3c))
 
     def se(block, p):  # GAP -> ReLU -> FC -> Sigmoid -> p*s + p -> conv1x1
         s = torch.sigmoid(torch.relu(p.mean((2, 3))) @ block.fc.weight.T + block.fc.bias)
@@ -170,8 +170,16 @@ def test_grm_matches_paper_equations():
     v_sp = conv(att.sp_value, X).reshape(b, d // 2, h * w)
     a_sp = torch.sigmoid(torch.einsum("bc,bcn->bn", q_sp, v_sp)).reshape(b, 1, h, w)
     expected = a_ch * X + a_sp * X  # eq. 7
-    torch.testing.assert_close(grm(p1, p2, p3), expected, rtol=1e-5, atol=1e-5)
+    out = grm(p1, p2, p3)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     assert grm.out_channels == c + p3c
+    # the rewrites are exact for the gradients too (inputs and every parameter)
+    weights = torch.randn_like(expected)
+    inputs = (p1, p2, p3, *grm.parameters())
+    got = torch.autograd.grad((out * weights).sum(), inputs)
+    want = torch.autograd.grad((expected * weights).sum(), inputs)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------ whole network
