@@ -143,7 +143,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, ema=args.ema,
         offset_mean_pose=args.offset_mean_pose, flip_prob=args.flip_prob, init=args.init,
         max_rotation=args.max_rotation, scale_range=tuple(args.scale_range), max_translate=args.max_translate,
-        offset_unit=args.offset_unit, heatmap_loss=args.heatmap_loss, keep_freed_memory=not args.return_freed_memory,
+        offset_unit=args.offset_unit, offset_blocks=args.offset_blocks,
+        offset_channels=args.offset_channels, heatmap_loss=args.heatmap_loss,
+        keep_freed_memory=not args.return_freed_memory,
         log_every=args.log_every, pretrained=args.pretrained,
     )  # fmt: skip
     summary = train(cfg)
@@ -449,6 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--offset-unit", type=float, default=None,
         help="map pixels per unit of the offset head's last conv (default: the preset's, 1 as DEKR); a "
         "larger unit is a larger step for that layer, for short runs",
+    )  # fmt: skip
+    p.add_argument(
+        "--offset-blocks", type=int, default=None,
+        help="adaptive-conv blocks per keypoint in the offset head (default: the preset's; DEKR: 2, tiny: 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--offset-channels", type=int, default=None,
+        help="channels per keypoint in the offset head (default: the preset's; DEKR: 15, tiny: 8)",
     )  # fmt: skip
     p.add_argument(
         "--heatmap-loss", choices=["mse", "focal"], default=None,

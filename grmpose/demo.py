@@ -73,6 +73,8 @@ class DemoConfig:
     offset_mean_pose: bool = True
     init: str = "kaiming"
     offset_unit: float | None = None  # None: the preset's (1)
+    offset_blocks: int | None = None  # None: the preset's (tiny: 1)
+    offset_channels: int | None = None  # None: the preset's (tiny: 8)
     flip_prob: float = 0.0
     # no geometric augmentation: the generator's people already vary in size, place and lean (±15°);
     # at 4 minutes DEKR's ±30° rotation, 0.75-1.5 scale and ±40 shift cost 3x the AP
@@ -127,7 +129,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             offset_loss=cfg.offset_loss, offset_mean_pose=cfg.offset_mean_pose, flip_prob=cfg.flip_prob,
             max_rotation=cfg.max_rotation, scale_range=cfg.scale_range, max_translate=cfg.max_translate,
             sigma=cfg.sigma, center_sigma=cfg.center_sigma, init=cfg.init,
-            offset_unit=cfg.offset_unit, heatmap_loss=cfg.heatmap_loss,
+            offset_unit=cfg.offset_unit, offset_blocks=cfg.offset_blocks,
+            offset_channels=cfg.offset_channels, heatmap_loss=cfg.heatmap_loss,
         )
     )  # fmt: skip
     checkpoint = run / "last.safetensors"

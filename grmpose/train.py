@@ -156,6 +156,10 @@ class TrainConfig:
     # the offset head's unit (map px per unit of its last conv's output; grmpose.model.heads); None: the
     # preset's (1, DEKR's). A larger unit is a larger step for that layer under Adam.
     offset_unit: float | None = None
+    # the offset head's size: adaptive-conv blocks per keypoint and channels per keypoint; None: the
+    # preset's (DEKR's 2 and 15; tiny's 1 and 8)
+    offset_blocks: int | None = None
+    offset_channels: int | None = None
     # heatmap loss: "mse" (DEKR's: raw maps, weighted MSE) or "focal" (sigmoid maps, CornerNet's
     # penalty-reduced focal loss; grmpose.losses); None: the checkpoint's when resuming, else "mse"
     heatmap_loss: str | None = None
@@ -193,6 +197,10 @@ def check_train_config(cfg: TrainConfig) -> None:
         bad("max_minutes", "a positive number")
     if cfg.offset_unit is not None and not (cfg.offset_unit > 0 and np.isfinite(cfg.offset_unit)):
         bad("offset_unit", "a positive number")
+    if cfg.offset_blocks is not None and not (isinstance(cfg.offset_blocks, int) and cfg.offset_blocks >= 1):
+        bad("offset_blocks", "a positive whole number")
+    if cfg.offset_channels is not None and not (isinstance(cfg.offset_channels, int) and cfg.offset_channels >= 1):
+        bad("offset_channels", "a positive whole number")
     if cfg.input_size is not None and (cfg.input_size < 32 or cfg.input_size % 32):
         bad("input_size", "a positive multiple of 32")
     if cfg.lr_steps is not None and any(s < 1 for s in cfg.lr_steps):
@@ -441,6 +449,10 @@ def train(cfg: TrainConfig) -> dict:
             model_cfg = dataclasses.replace(model_cfg, input_size=cfg.input_size)
         if cfg.offset_unit is not None:
             model_cfg = dataclasses.replace(model_cfg, offset_unit=cfg.offset_unit)
+        if cfg.offset_blocks is not None:
+            model_cfg = dataclasses.replace(model_cfg, offset_blocks=cfg.offset_blocks)
+        if cfg.offset_channels is not None:
+            model_cfg = dataclasses.replace(model_cfg, offset_channels_per_kpt=cfg.offset_channels)
         if cfg.heatmap_loss is not None:
             model_cfg = dataclasses.replace(model_cfg, heatmap_activation=HEATMAP_LOSSES[cfg.heatmap_loss])
     if cfg.heatmap_loss is not None and HEATMAP_LOSSES[cfg.heatmap_loss] != model_cfg.heatmap_activation:

@@ -142,11 +142,17 @@ def test_offset_unit_option_builds_the_head_with_that_unit(demo_level_data, tmp_
 
     base = ["train", "--data", str(demo_level_data), "--preset", "tiny", "--input-size", "64", "--batch-size", "2",
             "--max-steps", "1", "--val-every", "0", "--workers", "0", "--quiet"]  # fmt: skip
-    assert main([*base, "--out", str(tmp_path / "u8"), "--offset-unit", "8"]) == 0
+    assert main([*base, "--out", str(tmp_path / "u8"), "--offset-unit", "8", "--offset-blocks", "2",
+                 "--offset-channels", "15"]) == 0
     assert main([*base, "--out", str(tmp_path / "u1")]) == 0
     model, config, _ = load_model(tmp_path / "u8" / "last.safetensors")
     assert config.offset_unit == 8.0 and model.offset_head.unit == 8.0
-    assert load_model(tmp_path / "u1" / "last.safetensors")[1].offset_unit == 1.0
+    # --offset-blocks: the head holds that many adaptive blocks (tiny's own is 1)
+    # --offset-blocks / --offset-channels: the head's size (tiny's own: 1 block of 8 channels per keypoint)
+    assert config.offset_blocks == 2 and len(model.offset_head.blocks) == 2
+    assert config.offset_channels_per_kpt == 15 and model.offset_head.transition[0].out_channels == 17 * 15
+    preset_config = load_model(tmp_path / "u1" / "last.safetensors")[1]
+    assert (preset_config.offset_unit, preset_config.offset_blocks, preset_config.offset_channels_per_kpt) == (1, 1, 8)
     model.offset_head.unit = 1.0
     x = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():

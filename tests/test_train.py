@@ -454,7 +454,7 @@ def test_amp_overflow_is_not_a_step_and_the_scaler_resumes(synth, tmp_path, monk
      ("--lr", "nan"), ("--max-minutes", "-1"), ("--max-steps", "0"), ("--input-size", "50"),
      ("--workers", "-1"), ("--val-images", "0"), ("--log-every", "0"), ("--ema", "1"),
      ("--warmup-steps", "-1"), ("--weight-decay", "-0.1"), ("--min-lr-ratio", "2"), ("--flip-prob", "1.5"),
-     ("--sigma", "0"), ("--offset-unit", "0"), ("--offset-unit", "inf"), ("--val-pck-images", "-1"),
+     ("--sigma", "0"), ("--offset-unit", "0"), ("--offset-unit", "inf"), ("--offset-blocks", "0"), ("--offset-channels", "0"), ("--val-pck-images", "-1"),
      ("--max-rotation", "-5"), ("--max-rotation", "200"), ("--max-translate", "-1"), ("--max-translate", "inf"),
      ("--scale-range", "2 1"), ("--scale-range", "0 1")],
 )  # fmt: skip
