@@ -59,10 +59,7 @@ class ChannelSpatialAttention(nn.Module):
         """A_ch(X): B x D x 1 x 1 (W_d applied after the softmax pooling; see the module notes)."""
         b, d = x.shape[:2]
         flat = x.flatten(2)  # B x D x HW
-        # W_e (D -> 1) as a weighted channel sum: the same 1x1 conv, but its backward pass on the CPU
-        # takes about half the time of oneDNN's for a single output channel
-        logits = torch.einsum("d,bdp->bp", self.ch_query.weight.reshape(d), flat) + self.ch_query.bias
-        q = torch.softmax(logits, dim=1).unsqueeze(1)  # B x 1 x HW
+        q = torch.softmax(self.ch_query(x).flatten(2), dim=2)  # B x 1 x HW
         pooled = torch.matmul(flat, q.transpose(1, 2)).reshape(b, d, 1, 1)  # X x softmax
         z = self.ch_value(pooled)  # = W_d(X) x softmax, since the softmax sums to 1
         return torch.sigmoid(self.ch_up(z))
