@@ -68,6 +68,12 @@ CASES: dict[str, tuple[str, dict]] = {
     "ema": ("128 px, EMA of weights, decay 0.99", {**AT128, "ema": 0.99}),
     "focal": ("128 px, heatmaps: sigmoid + CornerNet's focal loss on the keypoint maps (not DEKR's MSE)",
               {**AT128, "heatmap_loss": "focal"}),
+    "offset_blocks2": ("192 px, no geometric augmentation, learning rate 4e-3, offset head with 2 adaptive blocks "
+                       "per keypoint (DEKR's; not tiny's 1)", {"offset_blocks": 2}),
+    "offset_ch15": ("192 px, no geometric augmentation, learning rate 4e-3, offset head with 15 channels per "
+                    "keypoint (DEKR's; not tiny's 8)", {"offset_channels": 15}),
+    "dekr_offset_head": ("192 px, no geometric augmentation, learning rate 4e-3, DEKR's offset head: 2 adaptive "
+                         "blocks of 15 channels per keypoint (not 1 of 8)", {"offset_blocks": 2, "offset_channels": 15}),
     "dekr_init": ("128 px, DEKR's N(0, 0.001) initialisation (not He's)", {**AT128, "init": "dekr"}),
 }
 
