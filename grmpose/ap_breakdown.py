@@ -1,0 +1,142 @@
+"""Where a model's AP goes: its offsets at each person's true centre against the poses it decodes.
+
+A bottom-up pose (DEKR's regression) needs two things: a peak of the centre heatmap at the
+person, and offsets at that peak that land on the joints. This diagnostic separates them. For
+every labelled person of a held-out set it takes
+
+* the *regressed pose at the true centre*: the offsets read at the map cell nearest the person's
+  centre (the mean of the labelled joints, DEKR's centre and the one the training targets use),
+  ``joint = cell - offset``; no centre detection, no scores, no NMS;
+* the *best decoded pose*: the decoder's pose (``grmpose.decode.decode_image``, the evaluation's
+  single-scale path) with the highest OKS against that person;
+
+and the OKS of each against the person (``grmpose.oks``, COCO's formula). When the decoded poses
+score about as well as the poses at the true centres, the centres are found and the offsets are what
+limit AP; when they score much less, the centre heatmap or the decoder is. The share of people whose
+OKS passes each threshold 0.50:0.95, averaged, is the AP these poses would reach if every person had
+exactly one, perfectly ranked (an upper bound on the AP of the regression).
+
+Per keypoint it also reports the median distance between the regressed joint and the label, over
+``sqrt(area)`` (COCO's scale ``s``), beside COCO's tolerance ``2 sigma`` (the distance at which a
+joint's OKS term falls to ``exp(-1/2)``, about 0.61).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from grmpose.data.coco import ImageRecord, load_image
+from grmpose.data.dataset import OUTPUT_STRIDE
+from grmpose.decode import decode_image
+from grmpose.inference import prepare_image
+from grmpose.oks import oks
+from grmpose.spec import KeypointSpec
+from grmpose.targets import person_centers
+
+#: OKS thresholds of COCO's AP
+THRESHOLDS = np.arange(0.5, 0.951, 0.05)
+
+
+def poses_at_cells(offsets: torch.Tensor, centres: np.ndarray) -> np.ndarray:
+    """The pose regressed at the cell nearest each centre.
+
+    Args:
+        offsets: 2K x H x W, channel 2k = x, 2k+1 = y of ``cell - keypoint`` (map pixels).
+        centres: N x 2 ``(x, y)`` in map pixels; clamped into the map.
+
+    Returns:
+        N x K x 2 joints in map pixels.
+    """
+    _, h, w = offsets.shape
+    k = offsets.shape[0] // 2
+    off = offsets.detach().float().cpu().numpy().reshape(k, 2, h, w)
+    cells = np.floor(np.asarray(centres, dtype=np.float64) + 0.5).astype(np.int64)
+    cells[:, 0] = cells[:, 0].clip(0, w - 1)
+    cells[:, 1] = cells[:, 1].clip(0, h - 1)
+    read = off[:, :, cells[:, 1], cells[:, 0]]  # K x 2 x N
+    return cells[:, None, :].astype(np.float64) - read.transpose(2, 0, 1)
+
+
+def _apply(affine: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    return xy @ affine[:, :2].T + affine[:, 2]
+
+
+def _invert(affine: np.ndarray) -> np.ndarray:
+    full = np.vstack([affine, [0.0, 0.0, 1.0]])
+    return np.linalg.inv(full)[:2]
+
+
+def summarise(values: np.ndarray) -> dict:
+    """Mean OKS, the share of people above 0.5 and 0.75, and that share averaged over 0.50:0.95."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return {"mean_oks": None, "above_50": None, "above_75": None, "ap_bound": None}
+    return {
+        "mean_oks": float(values.mean()),
+        "above_50": float((values > 0.5).mean()),
+        "above_75": float((values > 0.75).mean()),
+        "ap_bound": float(np.mean([(values > t).mean() for t in THRESHOLDS])),
+    }
+
+
+@torch.no_grad()
+def ap_breakdown(
+    model: nn.Module,
+    records: Sequence[ImageRecord],
+    spec: KeypointSpec,
+    input_size: int,
+    progress=None,
+) -> dict:
+    """The breakdown of the module notes for ``model`` on ``records`` (test short side ``input_size``).
+
+    Returns ``{"people", "at_true_centre": summary, "best_decoded": summary, "centre_heat_median",
+    "error_over_scale": {keypoint: median}, "tolerance_2sigma": {keypoint: 2 sigma}}``.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    k = spec.num_keypoints
+    sigmas = np.asarray(spec.sigmas, dtype=np.float64)
+    at_centre, decoded, centre_heat, errors = [], [], [], []
+    for rec in progress(records) if progress else records:
+        labelled = (rec.keypoints[:, :, 2] > 0).any(1)
+        if not labelled.any():
+            continue
+        gt = rec.keypoints[labelled].astype(np.float64)
+        areas = rec.areas[labelled].astype(np.float64)
+        tensor, image_to_input = prepare_image(load_image(rec.path), input_size)
+        heat, offsets = model(tensor[None].to(device))[:2]
+        centres = _apply(image_to_input, person_centers(gt)[:, :2]) / OUTPUT_STRIDE
+        joints = poses_at_cells(offsets[0], centres)  # map pixels
+        joints = _apply(_invert(image_to_input), joints.reshape(-1, 2) * OUTPUT_STRIDE).reshape(len(gt), k, 2)
+        for person, pose, area in zip(gt, joints, areas):
+            at_centre.append(float(oks(pose, person[None], [area], sigmas)[0]))
+            dist = np.hypot(*(pose - person[:, :2]).T) / np.sqrt(max(area, 1e-9))
+            errors.append(np.where(person[:, 2] > 0, dist, np.nan))
+        h, w = heat.shape[2:]
+        cells = np.floor(centres + 0.5).astype(np.int64)
+        heat_k = heat[0, k].float().cpu().numpy()
+        centre_heat += heat_k[cells[:, 1].clip(0, h - 1), cells[:, 0].clip(0, w - 1)].tolist()
+        poses, _ = decode_image((heat, offsets), spec, image_to_input=image_to_input)
+        if len(poses):
+            decoded += oks(poses[:, :, :2], gt, areas, sigmas).max(0).tolist()
+        else:
+            decoded += [0.0] * len(gt)
+    err = np.array(errors) if errors else np.full((0, k), np.nan)
+    with warnings.catch_warnings():  # a keypoint nobody has labelled: NaN, reported as None
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median_err = np.nanmedian(err, axis=0) if len(err) else np.full(k, np.nan)
+    return {
+        "people": len(at_centre),
+        "at_true_centre": summarise(at_centre),
+        "best_decoded": summarise(decoded),
+        "centre_heat_median": float(np.median(centre_heat)) if centre_heat else None,
+        "error_over_scale": {
+            n: (None if np.isnan(v) else float(v)) for n, v in zip(spec.keypoints, median_err)
+        },
+        "tolerance_2sigma": {n: float(2 * s) for n, s in zip(spec.keypoints, sigmas)},
+    }
