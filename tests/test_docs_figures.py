@@ -121,7 +121,9 @@ def demo_levers_quotes() -> dict[str, list[str]]:
     rows = {r["case"]: r for r in results("demo_levers.json")["rows"]}
     base, flips, flips8, unit8 = rows["base128"], rows["flips"], rows["flips_unit8"], rows["unit8"]
     at192, noaug, rot0 = rows["dekr_aug"], rows["lr2e-3"], rows["rot0"]
-    lr4, lr8 = rows["base"], rows["lr8e-3"]
+    lr4, lr8 = rows["base@2026-12-05"], rows["lr8e-3"]  # the demo's settings, measured beside the lr rows
+    today, blocks2, ch15 = rows["base"], rows["offset_blocks2"], rows["offset_ch15"]
+    head, w24 = rows["dekr_offset_head"], rows["width24"]
     return {
         "README.md": [
             f"no flips: {base['steps']} steps, PCK {base['heatmap_pck']:.3f}, AP {base['AP']:.4f}",
@@ -134,6 +136,11 @@ def demo_levers_quotes() -> dict[str, list[str]]:
             f"with flips: {flips['steps']} steps, PCK {flips['heatmap_pck']:.3f}, AP {flips['AP']:.4f}",
             f"units of 8 map px: PCK {flips8['heatmap_pck']:.3f}, AP {flips8['AP']:.4f} with flips and "
             f"PCK {unit8['heatmap_pck']:.3f}, AP {unit8['AP']:.4f} without",
+            f"the demo's settings made {today['steps']} steps, PCK {today['heatmap_pck']:.3f}, AP {today['AP']:.4f}",
+            f"instead of tiny's one, {blocks2['steps']} steps, AP {blocks2['AP']:.4f}",
+            f"instead of 8, {ch15['steps']} steps, AP {ch15['AP']:.4f}",
+            f"(DEKR's whole offset head), {head['steps']} steps, AP {head['AP']:.4f}",
+            f"(the preset patched), {w24['steps']} steps, AP {w24['AP']:.4f}",
         ]
     }
 
