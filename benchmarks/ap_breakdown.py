@@ -5,12 +5,15 @@
 
 Each ``label=checkpoint`` is measured on the first ``--max-images`` images of the held-out split, at
 the model's training size; the same on the training split shows how much of the gap is fitting,
-not generalising. Writes ``benchmarks/results/ap_breakdown.{json,md}``.
+not generalising. When the checkpoint sits in a ``grmpose demo`` folder (``<out>/run/last.safetensors``),
+the run's steps, training minutes and AP (``summary.json``, ``demo.json``) go into the table too.
+Writes ``benchmarks/results/ap_breakdown.{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from benchmarks.provenance import write_results_json
@@ -23,6 +26,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def run_figures(checkpoint: str) -> dict:
+    """Steps, training minutes and the run's AP, from the files ``grmpose train`` / ``grmpose demo`` wrote
+    beside the checkpoint (empty when they are not there)."""
+    run = Path(checkpoint).parent
+    out: dict = {}
+    if (run / "summary.json").is_file():
+        summary = json.loads((run / "summary.json").read_text())
+        out.update(steps=summary.get("steps"), train_minutes=summary.get("minutes"))
+    if (run.parent / "demo.json").is_file():
+        out["demo_AP"] = json.loads((run.parent / "demo.json").read_text())["metrics"]["AP"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -50,7 +66,14 @@ def main(argv: list[str] | None = None) -> dict:
             model, config, spec = load_model(path)
             result = ap_breakdown(model, records, spec, config.input_size)
             rows.append(
-                {"model": label, "checkpoint": path, "split": split, "images": len(records), **result}
+                {
+                    "model": label,
+                    "checkpoint": path,
+                    "split": split,
+                    "images": len(records),
+                    **run_figures(path),
+                    **result,
+                }
             )
             a, d = result["at_true_centre"], result["best_decoded"]
             print(
@@ -60,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"what": "grmpose.ap_breakdown on trained checkpoints", "rows": rows}
     write_results_json(RESULTS / "ap_breakdown.json", record, "benchmarks.ap_breakdown", argv)
     names = list(rows[0]["error_over_scale"]) if rows else []
+    runs = {r["model"]: r for r in rows if "steps" in r}
     lines = [
         "# Where the main job's AP goes (`python -m benchmarks.ap_breakdown`)",
         "",
@@ -69,6 +93,16 @@ def main(argv: list[str] | None = None) -> dict:
         "(the AP of these poses if every person had exactly one, perfectly ranked). Centre heat: the centre heatmap "
         "at the true centre (the targets' peak is 1).",
         "",
+        *(
+            ["| model | steps | training minutes | the run's AP (its held-out set) |", "|---|---|---|---|"]
+            + [
+                f"| {m} | {r['steps']} | {r['train_minutes']:.1f} | {_fmt(r.get('demo_AP'), 4)} |"
+                for m, r in runs.items()
+            ]
+            + [""]
+            if runs
+            else []
+        ),
         "| model | split | images | people | OKS at true centre | > 0.5 | > 0.75 | AP bound | OKS decoded (best) "
         "| > 0.5 | AP bound | centre heat |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
