@@ -160,9 +160,38 @@ def demo_quotes() -> dict[str, list[str]]:
     }
 
 
+def ap_breakdown_quotes() -> dict[str, list[str]]:
+    rows = {(r["model"], r["split"]): r for r in results("ap_breakdown.json")["rows"]}
+    short, long, long_train = rows["8 min", "val"], rows["30 min", "val"], rows["30 min", "train"]
+    a, d = short["at_true_centre"], short["best_decoded"]
+    wrists = sorted(round(short["error_over_scale"][k], 2) for k in ("left_wrist", "right_wrist"))
+    curve = results("demo_30min.json")
+    return {
+        "README.md": [
+            f"({short['steps']} steps, AP {short['demo_AP']:.4f})",
+            f"mean OKS {a['mean_oks']:.3f} and bound AP at {a['ap_bound']:.3f}",
+            f"the decoded poses {d['mean_oks']:.3f} and {d['ap_bound']:.3f}",
+            f"reads {short['centre_heat_median']:.2f} at the true centres",
+            f"wrists lie {wrists[0]:.2f}-{wrists[1]:.2f} of the person's scale",
+            f"{long['steps']} steps, `benchmarks/results/demo_30min.json`",
+            f"reaches **AP {curve['metrics']['AP']:.4f}** (AP50 {curve['metrics']['AP50']:.3f})",
+            f"mean OKS {long['at_true_centre']['mean_oks']:.3f} and bound {long['at_true_centre']['ap_bound']:.3f}",
+            f"on training images {long_train['at_true_centre']['ap_bound']:.3f}",
+        ]
+    }
+
+
 @pytest.mark.parametrize(
     "source",
-    [bench_quotes, yolo_quotes, decoder_quotes, throughput_quotes, demo_levers_quotes, demo_quotes],
+    [
+        bench_quotes,
+        yolo_quotes,
+        decoder_quotes,
+        throughput_quotes,
+        demo_levers_quotes,
+        demo_quotes,
+        ap_breakdown_quotes,
+    ],
     ids=lambda f: f.__name__,
 )
 def test_docs_quote_the_results_files(source):
