@@ -92,7 +92,8 @@ def ap_breakdown(
     input_size: int,
     progress=None,
 ) -> dict:
-    """The breakdown of the module notes for ``model`` on ``records`` (test short side ``input_size``).
+    """The breakdown of the module notes for ``model`` on ``records`` (test short side ``input_size``);
+    ``progress`` optionally wraps the records (a progress bar).
 
     Returns ``{"people", "at_true_centre": summary, "best_decoded": summary, "centre_heat_median",
     "error_over_scale": {keypoint: median}, "tolerance_2sigma": {keypoint: 2 sigma}}``.
