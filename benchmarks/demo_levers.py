@@ -74,6 +74,8 @@ CASES: dict[str, tuple[str, dict]] = {
                     "keypoint (DEKR's; not tiny's 8)", {"offset_channels": 15}),
     "dekr_offset_head": ("192 px, no geometric augmentation, learning rate 4e-3, DEKR's offset head: 2 adaptive "
                          "blocks of 15 channels per keypoint (not 1 of 8)", {"offset_blocks": 2, "offset_channels": 15}),
+    "unit8_192": ("192 px, no geometric augmentation, learning rate 4e-3, offsets in units of 8 map px (not 1)",
+                  {"offset_unit": 8.0}),
     "dekr_init": ("128 px, DEKR's N(0, 0.001) initialisation (not He's)", {**AT128, "init": "dekr"}),
 }
 

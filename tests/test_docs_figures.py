@@ -124,7 +124,7 @@ def demo_levers_quotes() -> dict[str, list[str]]:
     lr4, lr8 = rows["base@2026-12-05"], rows["lr8e-3"]  # the demo's settings, measured beside the lr rows
     today, blocks2, ch15 = rows["base"], rows["offset_blocks2"], rows["offset_ch15"]
     head, w24 = rows["dekr_offset_head"], rows["width24"]
-    a1, a2, beta4 = rows["adaptive_A1I"], rows["adaptive_A2I"], rows["offset_beta4"]
+    a1, a2, beta4, u8 = rows["adaptive_A1I"], rows["adaptive_A2I"], rows["offset_beta4"], rows["unit8_192"]
     return {
         "README.md": [
             f"no flips: {base['steps']} steps, PCK {base['heatmap_pck']:.3f}, AP {base['AP']:.4f}",
@@ -144,6 +144,7 @@ def demo_levers_quotes() -> dict[str, list[str]]:
             f"(the preset patched), {w24['steps']} steps, AP {w24['AP']:.4f}",
             f"{a1['steps']} steps, AP {a1['AP']:.4f}; at twice the identity, {a2['steps']} steps, AP {a2['AP']:.4f}",
             f"{beta4['steps']} steps, PCK {beta4['heatmap_pck']:.3f}, AP {beta4['AP']:.4f}; DEKR's loss kept",
+            f"units of 8 map px at 192 px: {u8['steps']} steps, AP {u8['AP']:.4f}; DEKR's unit kept",
         ]
     }
 
