@@ -57,13 +57,12 @@ def main(argv: list[str] | None = None) -> dict:
         label, sep, path = item.partition("=")
         if not sep or not Path(path).is_file():
             parser.error(f"{item!r}: expected label=checkpoint with an existing checkpoint file")
-        models.append((label, path))
+        models.append((label, path, *load_model(path)))
     rows = []
     for split in args.splits.split(","):
         records, _ = load_split(args.data, split)
         records = records[: args.max_images]
-        for label, path in models:
-            model, config, spec = load_model(path)
+        for label, path, model, config, spec in models:
             result = ap_breakdown(model, records, spec, config.input_size)
             rows.append(
                 {

@@ -32,7 +32,8 @@ from torch import nn
 
 from grmpose.data.coco import ImageRecord, load_image
 from grmpose.data.dataset import OUTPUT_STRIDE
-from grmpose.decode import decode_image
+from grmpose.data.transforms import apply_affine_points, scale_affine
+from grmpose.decode import decode_image, map_to_image
 from grmpose.inference import prepare_image
 from grmpose.oks import oks
 from grmpose.spec import KeypointSpec
@@ -55,20 +56,17 @@ def poses_at_cells(offsets: torch.Tensor, centres: np.ndarray) -> np.ndarray:
     _, h, w = offsets.shape
     k = offsets.shape[0] // 2
     off = offsets.detach().float().cpu().numpy().reshape(k, 2, h, w)
-    cells = np.floor(np.asarray(centres, dtype=np.float64) + 0.5).astype(np.int64)
-    cells[:, 0] = cells[:, 0].clip(0, w - 1)
-    cells[:, 1] = cells[:, 1].clip(0, h - 1)
+    cells = nearest_cells(centres, h, w)
     read = off[:, :, cells[:, 1], cells[:, 0]]  # K x 2 x N
     return cells[:, None, :].astype(np.float64) - read.transpose(2, 0, 1)
 
 
-def _apply(affine: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    return xy @ affine[:, :2].T + affine[:, 2]
-
-
-def _invert(affine: np.ndarray) -> np.ndarray:
-    full = np.vstack([affine, [0.0, 0.0, 1.0]])
-    return np.linalg.inv(full)[:2]
+def nearest_cells(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    """N x 2 int64 ``(x, y)`` cells nearest to N x 2 map-pixel points (halves round up), clamped into the map."""
+    cells = np.floor(np.asarray(points, dtype=np.float64) + 0.5).astype(np.int64)
+    cells[:, 0] = cells[:, 0].clip(0, width - 1)
+    cells[:, 1] = cells[:, 1].clip(0, height - 1)
+    return cells
 
 
 def summarise(values: np.ndarray) -> dict:
@@ -111,17 +109,18 @@ def ap_breakdown(
         areas = rec.areas[labelled].astype(np.float64)
         tensor, image_to_input = prepare_image(load_image(rec.path), input_size)
         heat, offsets = model(tensor[None].to(device))[:2]
-        centres = _apply(image_to_input, person_centers(gt)[:, :2]) / OUTPUT_STRIDE
+        # the centres in map pixels, as the training targets place them
+        centres = apply_affine_points(person_centers(gt), scale_affine(image_to_input, 1 / OUTPUT_STRIDE))[
+            :, :2
+        ]
         joints = poses_at_cells(offsets[0], centres)  # map pixels
-        joints = _apply(_invert(image_to_input), joints.reshape(-1, 2) * OUTPUT_STRIDE).reshape(len(gt), k, 2)
+        joints = map_to_image(torch.from_numpy(joints), OUTPUT_STRIDE, image_to_input).numpy()
         for person, pose, area in zip(gt, joints, areas):
             at_centre.append(float(oks(pose, person[None], [area], sigmas)[0]))
             dist = np.hypot(*(pose - person[:, :2]).T) / np.sqrt(max(area, 1e-9))
             errors.append(np.where(person[:, 2] > 0, dist, np.nan))
-        h, w = heat.shape[2:]
-        cells = np.floor(centres + 0.5).astype(np.int64)
-        heat_k = heat[0, k].float().cpu().numpy()
-        centre_heat += heat_k[cells[:, 1].clip(0, h - 1), cells[:, 0].clip(0, w - 1)].tolist()
+        cells = nearest_cells(centres, *heat.shape[2:])
+        centre_heat += heat[0, k].float().cpu().numpy()[cells[:, 1], cells[:, 0]].tolist()
         poses, _ = decode_image((heat, offsets), spec, image_to_input=image_to_input)
         if len(poses):
             decoded += oks(poses[:, :, :2], gt, areas, sigmas).max(0).tolist()
