@@ -444,17 +444,17 @@ def train(cfg: TrainConfig) -> dict:
                 f"{cfg.resume}: checkpoint spec {ckpt_spec.name!r} does not match the data's {spec.name!r}"
             )
     else:
-        model_cfg = get_preset(cfg.preset)
-        if cfg.input_size:
-            model_cfg = dataclasses.replace(model_cfg, input_size=cfg.input_size)
-        if cfg.offset_unit is not None:
-            model_cfg = dataclasses.replace(model_cfg, offset_unit=cfg.offset_unit)
-        if cfg.offset_blocks is not None:
-            model_cfg = dataclasses.replace(model_cfg, offset_blocks=cfg.offset_blocks)
-        if cfg.offset_channels is not None:
-            model_cfg = dataclasses.replace(model_cfg, offset_channels_per_kpt=cfg.offset_channels)
-        if cfg.heatmap_loss is not None:
-            model_cfg = dataclasses.replace(model_cfg, heatmap_activation=HEATMAP_LOSSES[cfg.heatmap_loss])
+        # the training options that change the preset's model (None: the preset's value)
+        overrides = {
+            "input_size": cfg.input_size or None,
+            "offset_unit": cfg.offset_unit,
+            "offset_blocks": cfg.offset_blocks,
+            "offset_channels_per_kpt": cfg.offset_channels,
+            "heatmap_activation": HEATMAP_LOSSES.get(cfg.heatmap_loss),
+        }
+        model_cfg = dataclasses.replace(
+            get_preset(cfg.preset), **{name: value for name, value in overrides.items() if value is not None}
+        )
     if cfg.heatmap_loss is not None and HEATMAP_LOSSES[cfg.heatmap_loss] != model_cfg.heatmap_activation:
         trained = heatmap_loss_for(model_cfg.heatmap_activation)
         raise ValueError(f"--heatmap-loss {cfg.heatmap_loss}: {cfg.resume} was trained with --heatmap-loss {trained}")
