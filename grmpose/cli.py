@@ -304,7 +304,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(format_metrics({k: v for k, v in m.items() if not k.startswith("images") and k != "results"}))
     met = "met" if m["AP"] >= result["goal_AP"] else "NOT met"
     print(f"AP {m['AP']:.3f} against the goal of {result['goal_AP']:g}: {met}")
-    if not result["flip_test"]:
+    if result["flip_test"]:
+        print(f"AP without the flip test: {result['metrics_no_flip_test']['AP']:.3f}")
+    else:
         print(f"AP with the flip test: {result['metrics_flip_test']['AP']:.3f}")
     if result["rescore"]:
         print(f"AP without the rescoring net: {result['metrics_no_rescore']['AP']:.3f}")

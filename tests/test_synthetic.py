@@ -287,6 +287,30 @@ def test_facing_away_swaps_left_and_right_in_the_image():
     assert back.points["left_shoulder"][0] < back.points["right_shoulder"][0]
 
 
+def test_both_sides_are_drawn_alike_so_a_mirrored_scene_is_as_likely():
+    """Left and right limbs share their colours (no side tint a mirror would move to the wrong side),
+    and the watch, when there is one, is on either wrist about equally often and drawn on that one."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        body, pose, look = sample_body(rng), sample_pose(rng), sample_appearance(rng)
+        fig = pose_figure(body, pose, replace(look, has_watch=False), 100.0, 0.0, np.zeros(2))
+        colours = {shape[2] for _, shapes in synthetic_render.figure_parts(fig) for shape in shapes}
+        nose = tuple(int(c) for c in np.clip(np.rint(np.array(look.skin) * 0.8), 0, 255))
+        assert colours <= {look.skin, look.hair, look.shirt, look.trousers, look.shoes, (30, 25, 25), nose}
+    sides = [sample_appearance(rng).watch_side for _ in range(400)]
+    assert set(sides) == {"left", "right"} and 160 <= sides.count("left") <= 240
+    for side in ("left", "right"):
+        look = replace(sample_appearance(rng), has_watch=True, watch=(1, 2, 3), watch_side=side)
+        fig = pose_figure(sample_body(rng), sample_pose(rng, "arms_up"), look, 100.0, 0.0, np.zeros(2))
+        bands = [shape[1] for _, shapes in synthetic_render.figure_parts(fig) for shape in shapes if shape[2] == (1, 2, 3)]
+        assert len(bands) == 1
+        middle = (bands[0][0] + bands[0][1]) / 2
+        near = {s: np.linalg.norm(middle - fig.points[f"{s}_wrist"]) for s in ("left", "right")}
+        assert near[side] < near["right" if side == "left" else "left"]
+
+
 def _with_yaw(pose: synthetic_body.Pose, yaw: float) -> synthetic_body.Pose:
     from dataclasses import replace
 

@@ -4,9 +4,14 @@
 cluttered background, back to front, and returns the image with each person's keypoints and
 silhouette. Visibility follows the COCO flags: a keypoint outside the image is ``v = 0`` with
 coordinates 0; a keypoint inside the silhouette of a person drawn later (in front) is ``v = 1``;
-any other is ``v = 2``. Keypoints lie on the drawn body (limb ends, head, face dots), and the
-person's left limbs are drawn lighter than the right ones (plus, often, a watch on the left wrist)
-so that left and right can be told apart even from behind.
+any other is ``v = 2``. Keypoints lie on the drawn body (limb ends, head, face dots).
+
+The scenes are *mirror-symmetric*: a horizontally mirrored scene is as likely as the original with
+its left and right labels swapped, as with photographs. Both sides of a person are drawn alike
+(a watch, when there is one, is on either wrist), so left and right are told apart only by the way
+the person faces: the face or the back of the head, the near ear and the near limbs drawn over the
+body, the toes. That is what makes DEKR's flip augmentation and flip test valid on these images
+(until 2026-12-06 the left limbs were drawn lighter, a cue a mirror moves to the wrong side).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class Appearance:
     long_sleeves: bool
     long_trousers: bool
     has_watch: bool
+    watch_side: str  # "left" or "right"
 
 
 @dataclass
@@ -119,15 +125,8 @@ def sample_appearance(rng: np.random.Generator) -> Appearance:
         long_sleeves=bool(rng.random() < 0.6),
         long_trousers=bool(rng.random() < 0.75),
         has_watch=bool(rng.random() < 0.5),
+        watch_side="left" if rng.random() < 0.5 else "right",
     )
-
-
-def side_shade(color: Color, side: str, strength: float) -> Color:
-    """The left side's colour is mixed towards white, the right side's towards black."""
-    c = np.array(color, float)
-    target = 255.0 if side == "left" else 0.0
-    amount = strength if side == "left" else 0.8 * strength
-    return _clip_color(c + (target - c) * amount)
 
 
 # ---------------------------------------------------------------------------------------- figures
@@ -216,11 +215,8 @@ def _head_shapes(fig: Figure) -> tuple[list[Shape], list[Shape]]:
     behind: list[Shape] = []
     centre_z = fig.depth["head_centre"]
     rz = fig.body.head_radius
-    for name, color in (
-        ("left_ear", side_shade(look.skin, "left", 0.08)),
-        ("right_ear", side_shade(look.skin, "right", 0.08)),
-    ):
-        ear = ("circle", (fig.points[name], 0.25 * r), color)
+    for name in ("left_ear", "right_ear"):
+        ear = ("circle", (fig.points[name], 0.25 * r), look.skin)
         (head if fig.depth[name] > centre_z + 0.2 * rz else behind).append(ear)
 
     def on_face(name: str) -> bool:
@@ -253,10 +249,8 @@ def figure_parts(fig: Figure) -> list[tuple[float, list[Shape]]]:
     parts.append(
         ((d["neck"] + d["head_centre"]) / 2 - 0.02, [_capsule(fig, "neck", "head_centre", 0.045, look.skin)])
     )
+    shirt, skin, trousers = look.shirt, look.skin, look.trousers
     for side in ("left", "right"):
-        shirt = side_shade(look.shirt, side, 0.25)
-        skin = side_shade(look.skin, side, 0.08)
-        trousers = side_shade(look.trousers, side, 0.25)
         sh, el, wr, hand = (f"{side}_{j}" for j in ("shoulder", "elbow", "wrist", "hand"))
         parts.append(((d[sh] + d[el]) / 2, [_capsule(fig, sh, el, 0.05, shirt)]))
         forearm = [
@@ -267,7 +261,7 @@ def figure_parts(fig: Figure) -> list[tuple[float, list[Shape]]]:
                 skin,
             ),
         ]
-        if side == "left" and look.has_watch:
+        if look.has_watch and side == look.watch_side:
             wrist, elbow = fig.points[wr], fig.points[el]
             band = (wrist + 0.12 * (elbow - wrist), wrist + 0.22 * (elbow - wrist))
             forearm.append(("capsule", (band[0], band[1], 0.05 * fig.body.build * fig.height_px), look.watch))
@@ -275,7 +269,7 @@ def figure_parts(fig: Figure) -> list[tuple[float, list[Shape]]]:
         hip, knee, ankle = (f"{side}_{j}" for j in ("hip", "knee", "ankle"))
         parts.append(((d[hip] + d[knee]) / 2 - 0.02, [_capsule(fig, hip, knee, 0.075, trousers)]))
         shin = _capsule(fig, knee, ankle, 0.058, trousers if look.long_trousers else skin)
-        shoe = _capsule(fig, f"{side}_heel", f"{side}_toe", 0.038, side_shade(look.shoes, side, 0.2))
+        shoe = _capsule(fig, f"{side}_heel", f"{side}_toe", 0.038, look.shoes)
         parts.append(((d[knee] + d[ankle]) / 2 - 0.019, [shin, shoe]))
     behind, head = _head_shapes(fig)
     head_z = d["head_centre"] + 0.01
