@@ -35,8 +35,8 @@ OTHER_SETS = ((320, 240, 101), (384, 384, 102), (200, 300, 103))
 
 
 def other_sets(run: Path, images: int = 150) -> list[dict]:
-    """The demo model's AP on each of ``OTHER_SETS`` (generated into ``run/other_sets``; no flip test,
-    the test short side the model trained at, the run's rescoring net if it has one)."""
+    """The demo model's AP on each of ``OTHER_SETS`` (generated into ``run/other_sets``; the run's flip
+    test setting, the test short side the model trained at, the run's rescoring net if it has one)."""
     from grmpose.data.synthetic import generate
     from grmpose.evaluate_run import evaluate_checkpoint
 
@@ -76,6 +76,7 @@ def record(
         "heatmap_pck": pck,
         "flip_test": demo.get("flip_test", True),
         "metrics_flip_test": demo.get("metrics_flip_test", m),
+        "metrics_no_flip_test": demo.get("metrics_no_flip_test", m),
         "rescore": demo.get("rescore"),
         "metrics_no_rescore": demo.get("metrics_no_rescore", m),
         "train": t,
@@ -99,7 +100,11 @@ def record(
         f"| AP | {m['AP']:.4f} | {demo['goal_AP']:g} |",
         f"| AP50 | {m['AP50']:.4f} | |",
         f"| AR | {m['AR']:.4f} | |",
-        *([] if demo.get("flip_test", True) else [f"| AP with the flip test | {demo['metrics_flip_test']['AP']:.4f} | |"]),
+        (
+            f"| AP without the flip test | {out['metrics_no_flip_test']['AP']:.4f} | |"
+            if out["flip_test"]
+            else f"| AP with the flip test | {out['metrics_flip_test']['AP']:.4f} | |"
+        ),
         *([f"| AP without the rescoring net | {demo['metrics_no_rescore']['AP']:.4f} | |"] if demo.get("rescore") else []),
         f"| heatmap PCK (given the person, no flip) | {pck['pck']:.3f} | |",
         "",
@@ -128,7 +133,8 @@ def record(
         lines += [
             "",
             "The same model on held-out sets of the demo level it never saw (other seeds and image sizes; "
-            "no flip test, test short side "
+            + ("flip test" if cfg["flip"] else "no flip test")
+            + ", test short side "
             f"{cfg['input_size']} px, the run's rescoring net):",
             "",
             "| images | size | seed | AP | AP50 | AR50 |",

@@ -99,6 +99,7 @@ class TrainConfig:
     lr: float = 1e-3
     augment: bool = True  # the paper's augmentation; off for overfitting checks
     # horizontal flips in the augmentation (DEKR: 0.5); 0 for data whose left/right cue a mirror breaks
+    # (the synthetic scenes have none: they are mirror-symmetric)
     flip_prob: float = 0.5
     # the other augmentation ranges (grmpose.data.transforms.AugmentRanges; defaults: DEKR's): rotation
     # in degrees, the crop box side as a multiple of the image's short side (> 1 zooms out), and the

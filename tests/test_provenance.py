@@ -105,6 +105,7 @@ def _train_synthetic(monkeypatch, tmp_path):
         "heatmap_pck": {"pck": 0.2, "per_keypoint": {"nose": 0.2}, "joints": 5},
         "rescore": "run/rescore.safetensors",
         "metrics_no_rescore": {"AP": 0.05, "images": 3, "results": "run/eval_no_rescore/results.json"},
+        "metrics_no_flip_test": {"AP": 0.08, "images": 3, "results": "run/eval_no_flip/results.json"},
     }
     monkeypatch.setattr(benchmarks.train_synthetic, "run_demo", lambda cfg: result)
     monkeypatch.setattr(benchmarks.train_synthetic, "RESULTS", tmp_path)
