@@ -10,7 +10,9 @@ every labelled person of a held-out set it takes
 * the *best decoded pose*: the decoder's pose (``grmpose.decode.decode_image``, the evaluation's
   single-scale path) with the highest OKS against that person;
 
-and the OKS of each against the person (``grmpose.oks``, COCO's formula). When the decoded poses
+and the OKS of each against the person (``grmpose.oks``, COCO's formula). The pose at the true
+centre is also scored with its left and right joints swapped where that scores better
+(``at_true_centre_sides_free``): the gap to the plain score is what telling left from right costs. When the decoded poses
 score about as well as the poses at the true centres, the centres are found and the offsets are what
 limit AP; when they score much less, the centre heatmap or the decoder is. The share of people whose
 OKS passes each threshold 0.50:0.95, averaged, is the AP these poses would reach if every person had
@@ -93,14 +95,15 @@ def ap_breakdown(
     """The breakdown of the module notes for ``model`` on ``records`` (test short side ``input_size``);
     ``progress`` optionally wraps the records (a progress bar).
 
-    Returns ``{"people", "at_true_centre": summary, "best_decoded": summary, "centre_heat_median",
-    "error_over_scale": {keypoint: median}, "tolerance_2sigma": {keypoint: 2 sigma}}``.
+    Returns ``{"people", "at_true_centre": summary, "at_true_centre_sides_free": summary,
+    "best_decoded": summary, "centre_heat_median", "error_over_scale": {keypoint: median},
+    "tolerance_2sigma": {keypoint: 2 sigma}}``.
     """
     model.eval()
     device = next(model.parameters()).device
     k = spec.num_keypoints
     sigmas = np.asarray(spec.sigmas, dtype=np.float64)
-    at_centre, decoded, centre_heat, errors = [], [], [], []
+    at_centre, sides_free, decoded, centre_heat, errors = [], [], [], [], []
     for rec in progress(records) if progress else records:
         labelled = (rec.keypoints[:, :, 2] > 0).any(1)
         if not labelled.any():
@@ -117,6 +120,8 @@ def ap_breakdown(
         joints = map_to_image(torch.from_numpy(joints), OUTPUT_STRIDE, image_to_input).numpy()
         for person, pose, area in zip(gt, joints, areas):
             at_centre.append(float(oks(pose, person[None], [area], sigmas)[0]))
+            swapped = float(oks(pose[spec.flip_index], person[None], [area], sigmas)[0])
+            sides_free.append(max(at_centre[-1], swapped))
             dist = np.hypot(*(pose - person[:, :2]).T) / np.sqrt(max(area, 1e-9))
             errors.append(np.where(person[:, 2] > 0, dist, np.nan))
         cells = nearest_cells(centres, *heat.shape[2:])
@@ -133,6 +138,7 @@ def ap_breakdown(
     return {
         "people": len(at_centre),
         "at_true_centre": summarise(at_centre),
+        "at_true_centre_sides_free": summarise(sides_free),
         "best_decoded": summarise(decoded),
         "centre_heat_median": float(np.median(centre_heat)) if centre_heat else None,
         "error_over_scale": {

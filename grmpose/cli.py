@@ -299,7 +299,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     m = result["metrics"]
     t = result["train"]
     print(f"trained tiny for {t['minutes']:.1f} min: {t['steps']} steps, {t['images_per_s']:.1f} images/s")
-    test = "flip test" if result["flip_test"] else "no flip test: the model was trained without mirrors"
+    test = "flip test" if result["flip_test"] else "no flip test"
     print(f"held-out synthetic people ({m['images']} images from another seed, {test}):")
     print(format_metrics({k: v for k, v in m.items() if not k.startswith("images") and k != "results"}))
     met = "met" if m["AP"] >= result["goal_AP"] else "NOT met"

@@ -101,6 +101,15 @@ def test_shifted_offsets_score_coco_oks_of_the_shift_in_image_pixels(one_person)
     assert result["error_over_scale"]["nose"] == pytest.approx(distance, rel=1e-5)
 
 
+def test_left_and_right_swapped_score_low_but_one_when_sides_are_free(one_person):
+    record, xy, kpts, area = one_person
+    swapped = xy[COCO.flip_index]  # the model puts every left joint on the right one and back
+    result = ap_breakdown(HandWritten(swapped, kpts[COCO.flip_index, 2] > 0, (0.0, 0.0)), [record], COCO, 64)
+    assert result["at_true_centre"]["mean_oks"] == pytest.approx(coco_oks(swapped, kpts, area), rel=1e-5)
+    assert result["at_true_centre"]["mean_oks"] < 0.5
+    assert result["at_true_centre_sides_free"]["mean_oks"] == pytest.approx(1.0, abs=1e-6)
+
+
 def test_poses_at_cells_reads_the_nearest_cell_clamped_into_the_map():
     rng = np.random.default_rng(0)
     offsets = torch.as_tensor(rng.normal(size=(2 * K, 5, 7)), dtype=torch.float32)

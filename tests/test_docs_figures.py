@@ -155,8 +155,8 @@ def demo_quotes() -> dict[str, list[str]]:
     return {
         "README.md": [
             f"for {r['config']['minutes']:g} minutes ({t['steps']} steps, {t['images_per_s']:.1f} images/s)",
-            f"without the flip test: **AP {m['AP']:.4f}** (AP50 {m['AP50']:.3f})",
-            f"with the flip test: AP {r['metrics_flip_test']['AP']:.4f}",
+            f"with the flip test: **AP {m['AP']:.4f}** (AP50 {m['AP50']:.3f})",
+            f"without the flip test: AP {r['metrics_no_flip_test']['AP']:.4f}",
             f"without DEKR's rescoring net: AP {r['metrics_no_rescore']['AP']:.4f}",
             f"heatmap PCK {r['heatmap_pck']['pck']:.3f}",
             "AP " + ", ".join(f"{o['AP']:.3f} ({o['width']}×{o['height']})" for o in r["other_sets"]),
