@@ -74,9 +74,9 @@ def record(
         "goal_AP": demo["goal_AP"],
         "metrics": m,
         "heatmap_pck": pck,
-        "flip_test": demo.get("flip_test", True),
-        "metrics_flip_test": demo.get("metrics_flip_test", m),
-        "metrics_no_flip_test": demo.get("metrics_no_flip_test", m),
+        "flip_test": demo["flip_test"],
+        "metrics_flip_test": demo["metrics_flip_test"],
+        "metrics_no_flip_test": demo["metrics_no_flip_test"],
         "rescore": demo.get("rescore"),
         "metrics_no_rescore": demo.get("metrics_no_rescore", m),
         "train": t,
@@ -93,7 +93,7 @@ def record(
         f"tiny at {cfg['input_size']} px, batch {cfg['batch_size']}, {cfg['minutes']:g} min of training: "
         f"{t['steps']} steps, {t['images_per_s']:.1f} images/s. Held-out set: {m['images']} demo-level images "
         "(1-5 people, 25-90 % of the image height) from another seed, "
-        + ("flip test." if demo.get("flip_test", True) else "no flip test (the model trains without mirrors)."),
+        + ("flip test." if demo["flip_test"] else "no flip test (the model trains without mirrors)."),
         "",
         "| metric | value | goal |",
         "|---|---|---|",

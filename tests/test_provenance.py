@@ -119,11 +119,14 @@ def _demo(monkeypatch, tmp_path):
     run.mkdir()
     demo = {
         "metrics": {"AP": 0.1, "AP50": 0.2, "AR": 0.3, "images": 3},
+        "flip_test": True,
+        "metrics_flip_test": {"AP": 0.1, "AP50": 0.2, "AR": 0.3, "images": 3},
+        "metrics_no_flip_test": {"AP": 0.05, "AP50": 0.1, "AR": 0.2, "images": 3},
         "goal_AP": 0.5,
         "heatmap_pck": {"pck": 0.2, "per_keypoint": {"nose": 0.2, "left_eye": None}, "joints": 5},
         "train": {"minutes": 0.1, "steps": 2, "images_per_s": 4.0},
         "learning_curve_points": [{"minutes": 0.1, "step": 2, "AP": 0.1, "AP50": 0.2}],
-        "config": {"input_size": 128, "batch_size": 8, "minutes": 0.1, "curve_images": 3},
+        "config": {"input_size": 128, "batch_size": 8, "minutes": 0.1, "curve_images": 3, "flip": True},
     }
     (run / "demo.json").write_text(json.dumps(demo))
     monkeypatch.setattr(benchmarks.demo, "RESULTS", tmp_path)
@@ -133,6 +136,7 @@ def _demo(monkeypatch, tmp_path):
     argv = ["--record", str(run), "--wall-seconds", "12"]
     benchmarks.demo.main(argv)
     assert "| 0.20 | - |" in (tmp_path / "demo.md").read_text()
+    assert "| AP without the flip test | 0.0500 | |" in (tmp_path / "demo.md").read_text()
     assert "| 150 | 320x240 | 101 | 0.2500 | 0.5000 | 0.750 |" in (tmp_path / "demo.md").read_text()
     return tmp_path / "demo.json", "python -m benchmarks.demo " + shlex.join(argv)
 
