@@ -37,6 +37,8 @@ AT128 = {**DEKR_AUG, "input_size": 128}
 CASES: dict[str, tuple[str, dict]] = {
     "base": ("the demo's settings (192 px, no geometric augmentation, learning rate 4e-3, DEKR's flips in "
              "training and the flip test, on the mirror-symmetric scenes of 2026-12-06)", {}),
+    "noflips": ("the demo's settings without DEKR's flips in training and without the flip test, on the "
+                "mirror-symmetric scenes", {"flip": False, "flip_prob": 0.0}),
     "lr2e-3": ("192 px, no geometric augmentation, learning rate 2e-3 (the demo's until the afternoon of 2026-12-05)",
                LR2),
     "dekr_aug": ("192 px, DEKR's geometric augmentation: rotation ±30°, scale 0.75-1.5, shift ±40 "
