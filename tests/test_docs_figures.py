@@ -126,6 +126,10 @@ def demo_levers_quotes() -> dict[str, list[str]]:
     mirror, mirror_noflip = rows["base"], rows["noflips"]  # the mirror-symmetric scenes
     head, w24 = rows["dekr_offset_head"], rows["width24"]
     a1, a2, beta4, u8 = rows["adaptive_A1I"], rows["adaptive_A2I"], rows["offset_beta4"], rows["unit8_192"]
+    b2, b3, t_mean, t_mean_a1 = (
+        rows["base@2026-12-07b"], rows["base@2026-12-07c"], rows["adaptive_t_mean"], rows["adaptive_t_mean_A1"]
+    )
+    progressive, radius2, person = rows["progressive_128"], rows["offset_radius2"], rows["offset_person_scale"]
     return {
         "README.md": [
             f"no flips: {base['steps']} steps, PCK {base['heatmap_pck']:.3f}, AP {base['AP']:.4f}",
@@ -149,6 +153,13 @@ def demo_levers_quotes() -> dict[str, list[str]]:
             f"the demo's settings (flips, flip test) made {mirror['steps']} steps, PCK {mirror['heatmap_pck']:.3f}, "
             f"AP {mirror['AP']:.4f}; without flips in training and test {mirror_noflip['steps']} steps, "
             f"PCK {mirror_noflip['heatmap_pck']:.3f}, AP {mirror_noflip['AP']:.4f}",
+            f"the demo's settings made {b2['steps']} steps, PCK {b2['heatmap_pck']:.3f}, AP {b2['AP']:.4f} and, run "
+            f"again, {b3['steps']} steps, AP {b3['AP']:.4f}",
+            f"not on the centre): {t_mean['steps']} steps, AP {t_mean['AP']:.4f}; the same with A at the identity: "
+            f"AP {t_mean_a1['AP']:.4f}",
+            f"128 px, then 192): {progressive['steps']} steps, AP {progressive['AP']:.4f}",
+            f"4: AP {radius2['AP']:.4f}",
+            f"that starts at 0): AP {person['AP']:.4f}, PCK {person['heatmap_pck']:.3f}",
         ],
         "docs/architecture.md": [
             f"AP {mirror['AP']:.4f} with flips and the flip test against {mirror_noflip['AP']:.4f} without",
