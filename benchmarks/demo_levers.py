@@ -135,11 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     log = root / "results.jsonl"
-    done = {}
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            rec = json.loads(line)
-            done[rec["case"]] = rec
+    done = read_rows(root)
     first = root / names[0] / "data"
     for name in names:
         if name in done and done[name]["minutes"] == args.minutes:
@@ -150,6 +146,22 @@ def main(argv: list[str] | None = None) -> dict:
         with log.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"{name}: AP {rec['AP']:.4f} (hybrid {rec['hybrid_AP']:.4f}), {rec['steps']} steps", flush=True)
+    return write_tables(done, argv)
+
+
+def read_rows(root: Path) -> dict[str, dict]:
+    """The rows of ``<root>/results.jsonl`` by case (a later line of a case replaces an earlier one)."""
+    log = root / "results.jsonl"
+    done = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            rec = json.loads(line)
+            done[rec["case"]] = rec
+    return done
+
+
+def write_tables(done: dict[str, dict], argv: list[str] | None, module: str = "benchmarks.demo_levers") -> dict:
+    """Write ``benchmarks/results/demo_levers.{json,md}`` from the rows; returns the JSON record."""
     # cases no longer in CASES (measured with an earlier code version, see relabelled_from) come last
     rows = [done[n] for n in CASES if n in done] + [r for n, r in done.items() if n not in CASES]
     record = {
@@ -157,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_results_json(RESULTS / "demo_levers.json", record, "benchmarks.demo_levers", argv)
+    write_results_json(RESULTS / "demo_levers.json", record, module, argv)
     lines = [
         "# The main job's levers at a fixed budget (`python -m benchmarks.demo_levers`)",
         "",

@@ -1,0 +1,208 @@
+"""Levers that no ``grmpose train`` option sets, measured as ``benchmarks.demo_levers`` measures its cases.
+
+Each case patches grmpose in this process only (a changed initialisation, target or head, or a denser
+training set), then trains and evaluates the demo's settings for the same minutes as the other rows:
+
+    python -m benchmarks.demo_levers_patched CASE [--minutes 4] [--out runs/demo_levers]
+
+It appends the case's row to ``<out>/results.jsonl`` and rewrites ``benchmarks/results/demo_levers.{json,md}``
+from every row there (``benchmarks.demo_levers.write_tables``). The rows of 2026-12-07 were measured with
+these patches written in a scratch script; this module keeps them so that the rows can be re-run. None is an
+option of ``grmpose train``: none measured better than the spread of two runs of the demo's own settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import benchmarks.demo_levers as demo_levers
+import grmpose.train
+from benchmarks.demo_levers import read_rows, write_tables
+from grmpose.data.dataset import PoseDataset
+from grmpose.demo import DemoConfig
+from grmpose.model.heads import OffsetHead
+
+BASE = (
+    "the demo's settings (192 px, no geometric augmentation, learning rate 4e-3, DEKR's flips in training "
+    "and the flip test)"
+)
+
+
+def translation_at_mean_pose(affine: float | None) -> None:
+    """The first adaptive block's translation t starts at each joint's mean position (bias = minus the
+    mean-pose offsets, set where the offset head's bias is set to the mean pose); with ``affine``, A
+    starts at that multiple of the identity."""
+    set_bias = OffsetHead.set_offset_bias
+
+    @torch.no_grad()
+    def patched(self: OffsetHead, mean_offsets: torch.Tensor) -> None:
+        set_bias(self, mean_offsets)
+        conv = self.blocks[0].conv
+        k = self.num_keypoints
+        conv.translation.bias.copy_(-torch.as_tensor(mean_offsets, dtype=torch.float32).reshape(2 * k))
+        if affine is not None:
+            conv.affine.bias.copy_(torch.tensor([affine, 0.0, 0.0, affine]).repeat(k))
+
+    OffsetHead.set_offset_bias = patched
+
+
+def progressive_resize(first_images: int, small: int, final: int) -> None:
+    """The first ``first_images`` training samples at ``small`` px, the rest at ``final`` (the mean pose,
+    from the first 64 samples ``grmpose.train.mean_offsets`` loads, stays at ``final``)."""
+    load = PoseDataset.load_sample
+    loaded = [0]
+
+    def load_sample(self: PoseDataset, index: int) -> dict:
+        loaded[0] += 1
+        self.input_size = small if 64 < loaded[0] <= 64 + first_images else final
+        return load(self, index)
+
+    collate = grmpose.train.TargetCollate.__call__
+
+    def call(self: grmpose.train.TargetCollate, samples: list[dict]) -> dict:
+        self.map_size = samples[0]["image"].shape[-1] // grmpose.train.OUTPUT_STRIDE
+        return collate(self, samples)
+
+    PoseDataset.load_sample = load_sample
+    grmpose.train.TargetCollate.__call__ = call
+
+
+def offset_radius(radius: int) -> None:
+    """Offset targets within ``radius`` map px of each centre (DEKR's: 4)."""
+    grmpose.train.build_targets = functools.partial(grmpose.train.build_targets, center_radius=radius)
+
+
+def person_scale(step: float) -> None:
+    """Offsets in units of a predicted person scale: the offset maps times ``exp(step * s)``, ``s`` a 1x1
+    conv from the heads' input that starts at 0 (so the network starts as DEKR's)."""
+    init, forward = OffsetHead.__init__, OffsetHead.forward
+
+    def __init__(self: OffsetHead, in_channels: int, *args, **kwargs) -> None:
+        init(self, in_channels, *args, **kwargs)
+        self.scale = nn.Conv2d(in_channels, 1, 1)
+
+    def special_init(self: OffsetHead) -> None:  # after the generic pass; He's re-draw skips zero convs
+        nn.init.zeros_(self.scale.weight)
+        nn.init.zeros_(self.scale.bias)
+
+    OffsetHead.__init__ = __init__
+    OffsetHead.special_init = special_init
+    OffsetHead.forward = lambda self, x: forward(self, x) * torch.exp(step * self.scale(x))
+
+
+def denser_training_set(max_people: int, out: Path) -> None:
+    """Generate the demo's training set with up to ``max_people`` people at the demo level's sizes into
+    ``out/data``, and the demo's own held-out set (same seed, same images) beside it."""
+    from grmpose.data.synthetic import derived_seed, generate_dataset
+
+    cfg = DemoConfig()
+    data = out / "data"
+    if (data / "demo_data.json").is_file():
+        return
+    kwargs = {"height_range": cfg.height_range}
+    generate_dataset(data, "coco", cfg.train_images, cfg.seed, cfg.image_size, "train", max_people, **kwargs)
+    generate_dataset(
+        data,
+        "coco",
+        cfg.val_images,
+        derived_seed(cfg.seed, 1),
+        cfg.image_size,
+        "val",
+        cfg.max_people,
+        **kwargs,
+    )
+    # run_demo's marker of its data (grmpose.demo.run_demo): the demo then trains on this set as it is
+    marker = {"format": 3, "train": cfg.train_images, "val": cfg.val_images, "size": cfg.image_size,
+              "seed": cfg.seed, "max_people": cfg.max_people, "height_range": list(cfg.height_range)}  # fmt: skip
+    (data / "demo_data.json").write_text(json.dumps(marker))
+
+
+#: name -> (what changes, the patch's fields for the row, the patch; it gets the case's output folder)
+CASES: dict[str, tuple[str, dict, Callable[[Path], None]]] = {
+    "adaptive_t_mean": (
+        f"{BASE}, the adaptive convolution's translation t starting at each keypoint's mean position (its bias "
+        "set to minus the mean-pose offset, as the offset head's bias is set to the mean pose), so that its taps "
+        "start on where the joint usually is rather than on the centre (OffsetHead.set_offset_bias patched in "
+        "the process; no option)",
+        {"t bias (patched)": "minus the mean offsets"},
+        lambda out: translation_at_mean_pose(None),
+    ),
+    "adaptive_t_mean_A1": (
+        f"{BASE}, t starting at the mean joint position as in the row above and A at the identity: a regular "
+        "3x3 conv around the mean joint at the start (patched in the process; no option)",
+        {"t bias (patched)": "minus the mean offsets", "A bias (patched)": 1.0},
+        lambda out: translation_at_mean_pose(1.0),
+    ),
+    "progressive_128": (
+        f"{BASE}, progressive resizing: the first 3,200 training images at 128 px, the rest at 192 (dataset "
+        "and target maps patched in the process; no option)",
+        {"input size (patched)": "128 for 3200 images, then 192"},
+        lambda out: progressive_resize(3200, 128, DemoConfig.input_size),
+    ),
+    "offset_radius2": (
+        f"{BASE}, offset targets within 2 map px of each centre instead of DEKR's 4 (build_targets' "
+        "center_radius patched in the process; no option)",
+        {"center_radius (patched)": 2},
+        lambda out: offset_radius(2),
+    ),
+    "offset_person_scale": (
+        f"{BASE}, offsets in units of a predicted person scale: the offset maps multiplied by exp(s), s a 1x1 "
+        "conv from the heads' input, zero at the start so the network starts as DEKR's (OffsetHead patched "
+        "in the process; no option)",
+        {"offset scale (patched)": "exp(conv1x1(x)) x offsets"},
+        lambda out: person_scale(1.0),
+    ),
+    "offset_person_scale_small_step": (
+        f"{BASE}, offsets in units of a predicted person scale as in the row above, with s = 0.02 x the 1x1 "
+        "conv (a 50x smaller step for s under Adam; OffsetHead patched in the process; no option)",
+        {"offset scale (patched)": "exp(0.02 conv1x1(x)) x offsets"},
+        lambda out: person_scale(0.02),
+    ),
+    "train_people8": (
+        f"{BASE}, training images with up to 8 people at the demo level's sizes (9,037 people in 2,000 images "
+        "instead of 6,026); the same held-out set of 1-5 (the training set generated outside the demo; no "
+        "option)",
+        {"training set": "max_people 8"},
+        lambda out: denser_training_set(8, out),
+    ),
+    "train_people12": (
+        f"{BASE}, training images with up to 12 people at the demo level's sizes (13,041 people in 2,000 "
+        "images); the same held-out set of 1-5 (the training set generated outside the demo; no option)",
+        {"training set": "max_people 12"},
+        lambda out: denser_training_set(12, out),
+    ),
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("case", choices=sorted(CASES))
+    parser.add_argument("--minutes", type=float, default=4.0)
+    parser.add_argument("--out", default="runs/demo_levers")
+    args = parser.parse_args(argv)
+    change, fields, patch = CASES[args.case]
+    root = Path(args.out)
+    (root / args.case).mkdir(parents=True, exist_ok=True)
+    patch(root / args.case)
+    demo_levers.CASES[args.case] = (change, {})  # the demo's own settings; the change is the patch
+    base_data = root / "base" / "data"
+    rec = demo_levers.run_case(args.case, args.minutes, root, base_data if base_data.is_dir() else None)
+    rec["fields"] = fields
+    with (root / "results.jsonl").open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+    print(
+        f"{args.case}: AP {rec['AP']:.4f} (hybrid {rec['hybrid_AP']:.4f}), {rec['steps']} steps", flush=True
+    )
+    write_tables(read_rows(root), argv, "benchmarks.demo_levers_patched")
+    return rec
+
+
+if __name__ == "__main__":
+    main()
