@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 #: The demo's goal (issue "A main job whose model visibly works"): AP on the held-out set.
 GOAL_AP = 0.5
+#: The crowd level's goal (same issue): AP after 45 CPU minutes (``benchmarks/train_synthetic.py``).
+CROWD_GOAL_AP = 0.3
 
 
 @dataclass(frozen=True)
@@ -158,12 +160,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     other = evaluate("eval_no_flip" if cfg.flip else "eval_flip", not cfg.flip, rescore)
     # what the rescoring net adds (the learning curve's points are without it)
     plain_metrics = evaluate("eval_no_rescore", cfg.flip, None) if rescore else metrics
+    goal = GOAL_AP if cfg.height_range else CROWD_GOAL_AP  # the level's goal, on the curve and in the record
     points = learning_curve(run / "log.jsonl")  # a new run starts a new log (grmpose.train.RunLog)
     curve = write_learning_curve(
         points, out / "learning_curve.json", out / "learning_curve.png",
         f"tiny at {cfg.input_size} px, {'demo' if cfg.height_range else 'crowd'} level "
         f"({cfg.curve_images} held-out images per point, no flip)",
-        goal=GOAL_AP,
+        goal=goal,
     )  # fmt: skip
     pictures = draw_examples(checkpoint, data, out / "pictures", cfg.pictures, cfg.flip)
     result = {
@@ -174,7 +177,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "rescore": str(rescore) if rescore else None,
         "metrics_no_rescore": plain_metrics,
         "heatmap_pck": localisation(checkpoint, data, cfg.input_size),
-        "goal_AP": GOAL_AP,
+        "goal_AP": goal,
         "train": summary,
         "pictures": [str(p) for p in pictures],
         "learning_curve": str(curve) if curve else None,
