@@ -79,10 +79,13 @@ def offset_radius(radius: int) -> None:
     grmpose.train.build_targets = functools.partial(grmpose.train.build_targets, center_radius=radius)
 
 
-def person_scale(step: float) -> None:
+def person_scale(step: float, supervised: float = 0.0) -> None:
     """Offsets in units of a predicted person scale: the offset maps times ``exp(step * s)``, ``s`` a 1x1
-    conv from the heads' input that starts at 0 (so the network starts as DEKR's)."""
+    conv from the heads' input that starts at 0 (so the network starts as DEKR's). With ``supervised`` > 0,
+    ``step * s`` is also pulled towards the log of each person's size (relative to the first batch's mean
+    log size) at the cells with offset targets, by a smooth-L1 term (beta 0.1) of that factor."""
     init, forward = OffsetHead.__init__, OffsetHead.forward
+    last = {}  # the newest forward's scale map, for the loss term
 
     def __init__(self: OffsetHead, in_channels: int, *args, **kwargs) -> None:
         init(self, in_channels, *args, **kwargs)
@@ -92,9 +95,30 @@ def person_scale(step: float) -> None:
         nn.init.zeros_(self.scale.weight)
         nn.init.zeros_(self.scale.bias)
 
+    def scaled_forward(self: OffsetHead, x: torch.Tensor) -> torch.Tensor:
+        last["s"] = step * self.scale(x)
+        return forward(self, x) * torch.exp(last["s"])
+
     OffsetHead.__init__ = __init__
     OffsetHead.special_init = special_init
-    OffsetHead.forward = lambda self, x: forward(self, x) * torch.exp(step * self.scale(x))
+    OffsetHead.forward = scaled_forward
+    if supervised <= 0:
+        return
+    total_loss = grmpose.train.total_loss
+
+    def supervised_loss(outputs, targets, factors):
+        loss, parts = total_loss(outputs, targets, factors)
+        s = last["s"]
+        weight = targets["offset_weights"].amax(1, keepdim=True).to(s.device)  # 1 / size at target cells
+        cells = weight > 0
+        if not s.requires_grad or not cells.any():
+            return loss, parts
+        log_size = -torch.log(weight[cells])
+        last.setdefault("reference", float(log_size.mean()))
+        d = (s[cells] - (log_size - last["reference"])).abs()
+        return loss + supervised * torch.where(d < 0.1, 5.0 * d * d, d - 0.05).mean(), parts
+
+    grmpose.train.total_loss = supervised_loss
 
 
 def denser_training_set(max_people: int, out: Path) -> None:
@@ -164,6 +188,13 @@ CASES: dict[str, tuple[str, dict, Callable[[Path], None]]] = {
         "conv (a 50x smaller step for s under Adam; OffsetHead patched in the process; no option)",
         {"offset scale (patched)": "exp(0.02 conv1x1(x)) x offsets"},
         lambda out: person_scale(0.02),
+    ),
+    "offset_person_scale_supervised": (
+        f"{BASE}, offsets in units of a predicted person scale, s = 0.1 x the 1x1 conv, also pulled towards the "
+        "log of the person's size at the cells with offset targets (smooth-L1, factor 1; OffsetHead and the "
+        "loss patched in the process; no option)",
+        {"offset scale (patched)": "exp(0.1 conv1x1(x)) x offsets, log size supervised (factor 1)"},
+        lambda out: person_scale(0.1, supervised=1.0),
     ),
     "train_people8": (
         f"{BASE}, training images with up to 8 people at the demo level's sizes (9,037 people in 2,000 images "
