@@ -131,6 +131,7 @@ def demo_levers_quotes() -> dict[str, list[str]]:
     )
     progressive, radius2, person = rows["progressive_128"], rows["offset_radius2"], rows["offset_person_scale"]
     person_small, dense8, dense12 = rows["offset_person_scale_small_step"], rows["train_people8"], rows["train_people12"]
+    person_supervised = rows["offset_person_scale_supervised"]
     return {
         "README.md": [
             f"no flips: {base['steps']} steps, PCK {base['heatmap_pck']:.3f}, AP {base['AP']:.4f}",
@@ -162,6 +163,8 @@ def demo_levers_quotes() -> dict[str, list[str]]:
             f"4: AP {radius2['AP']:.4f}",
             f"that starts at 0): AP {person['AP']:.4f}, PCK {person['heatmap_pck']:.3f}",
             f"with s at a 50x smaller step: AP {person_small['AP']:.4f}",
+            f"log of each person's size: {person_supervised['steps']} steps, PCK {person_supervised['heatmap_pck']:.3f}, "
+            f"AP {person_supervised['AP']:.4f}",
             f"(1.5x the people), {dense8['steps']} steps, PCK {dense8['heatmap_pck']:.3f}, AP {dense8['AP']:.4f}; "
             f"up to 12 (2.2x), AP {dense12['AP']:.4f}",
         ],
