@@ -7,8 +7,9 @@ training set), then trains and evaluates the demo's settings for the same minute
 
 It appends the case's row to ``<out>/results.jsonl`` and rewrites ``benchmarks/results/demo_levers.{json,md}``
 from every row there (``benchmarks.demo_levers.write_tables``). The rows of 2026-12-07 were measured with
-these patches written in a scratch script; this module keeps them so that the rows can be re-run. None is an
-option of ``grmpose train``: none measured better than the spread of two runs of the demo's own settings.
+these patches written in a scratch script, the supervised person scale with this module; it keeps them so
+that the rows can be re-run. None is an option of ``grmpose train``: none measured better than the spread of
+two runs of the demo's own settings.
 """
 
 from __future__ import annotations
