@@ -25,9 +25,8 @@ from torch import nn
 
 import benchmarks.demo_levers as demo_levers
 import grmpose.train
-from benchmarks.demo_levers import read_rows, write_tables
 from grmpose.data.dataset import PoseDataset
-from grmpose.demo import DemoConfig
+from grmpose.demo import DATA_MARKER, DemoConfig, data_marker
 from grmpose.model.heads import OffsetHead
 
 BASE = (
@@ -129,7 +128,7 @@ def denser_training_set(max_people: int, out: Path) -> None:
 
     cfg = DemoConfig()
     data = out / "data"
-    if (data / "demo_data.json").is_file():
+    if (data / DATA_MARKER).is_file():
         return
     kwargs = {"height_range": cfg.height_range}
     generate_dataset(data, "coco", cfg.train_images, cfg.seed, cfg.image_size, "train", max_people, **kwargs)
@@ -143,10 +142,8 @@ def denser_training_set(max_people: int, out: Path) -> None:
         cfg.max_people,
         **kwargs,
     )
-    # run_demo's marker of its data (grmpose.demo.run_demo): the demo then trains on this set as it is
-    marker = {"format": 3, "train": cfg.train_images, "val": cfg.val_images, "size": cfg.image_size,
-              "seed": cfg.seed, "max_people": cfg.max_people, "height_range": list(cfg.height_range)}  # fmt: skip
-    (data / "demo_data.json").write_text(json.dumps(marker))
+    # run_demo's marker of its own data: the demo then trains on this set as it is
+    (data / DATA_MARKER).write_text(json.dumps(data_marker(cfg)))
 
 
 #: name -> (what changes, the patch's fields for the row, the patch; it gets the case's output folder)
@@ -232,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"{args.case}: AP {rec['AP']:.4f} (hybrid {rec['hybrid_AP']:.4f}), {rec['steps']} steps", flush=True
     )
-    write_tables(read_rows(root), argv, "benchmarks.demo_levers_patched")
+    demo_levers.write_tables(demo_levers.read_rows(root), argv, "benchmarks.demo_levers_patched")
     return rec
 
 

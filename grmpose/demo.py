@@ -93,6 +93,16 @@ class DemoConfig:
     rescore_images: int = 300
 
 
+#: The file in ``<out>/data`` that says which synthetic set is there (``data_marker``).
+DATA_MARKER = "demo_data.json"
+
+
+def data_marker(cfg: DemoConfig) -> dict:
+    """What ``run_demo`` writes beside its synthetic data, and reuses the data for when it matches."""
+    return {"format": 3, "train": cfg.train_images, "val": cfg.val_images, "size": cfg.image_size, "seed": cfg.seed,
+            "max_people": cfg.max_people, "height_range": cfg.height_range and list(cfg.height_range)}  # fmt: skip
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the whole job; returns ``{"metrics", "train", "pictures", ...}`` and writes ``demo.json``,
     ``learning_curve.{json,png}`` and ``pictures/`` into ``cfg.out``."""
@@ -103,9 +113,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     out = Path(cfg.out)
     data = out / "data"
-    marker = data / "demo_data.json"
-    wanted = {"format": 3, "train": cfg.train_images, "val": cfg.val_images, "size": cfg.image_size, "seed": cfg.seed,
-              "max_people": cfg.max_people, "height_range": cfg.height_range and list(cfg.height_range)}  # fmt: skip
+    marker = data / DATA_MARKER
+    wanted = data_marker(cfg)
     if not (marker.is_file() and json.loads(marker.read_text()) == wanted):
         log.info("generating %d + %d synthetic images in %s", cfg.train_images, cfg.val_images, data)
         progress = None

@@ -228,7 +228,6 @@ def test_every_benchmark_writer_records_provenance(writer, monkeypatch, tmp_path
 NOT_RESULTS = {
     "memory": "its temporary annotation and results files, measured, not kept",
     "provenance": "the helper itself",
-    "demo_levers_patched": "the demo's data marker (demo_data.json); its table goes through demo_levers.write_tables",
 }
 
 
