@@ -69,7 +69,6 @@ CASES: dict[str, tuple[str, dict]] = {
     "sigma1": ("128 px, keypoint σ 1, centre σ 2 map px (not 2 / 4)", {**AT128, "sigma": 1.0, "center_sigma": 2.0}),
     "batch4": ("128 px, batch 4 (not 8): twice the steps", {**AT128, "batch_size": 4}),
     "lr5e-3": ("128 px, learning rate 5e-3 (not 2e-3)", {**AT128, "lr": 5e-3}),
-    "ema": ("128 px, EMA of weights, decay 0.99", {**AT128, "ema": 0.99}),
     "focal": ("128 px, heatmaps: sigmoid + CornerNet's focal loss on the keypoint maps (not DEKR's MSE)",
               {**AT128, "heatmap_loss": "focal"}),
     "offset_blocks2": ("192 px, no geometric augmentation, learning rate 4e-3, offset head with 2 adaptive blocks "
@@ -80,6 +79,11 @@ CASES: dict[str, tuple[str, dict]] = {
                          "blocks of 15 channels per keypoint (not 1 of 8)", {"offset_blocks": 2, "offset_channels": 15}),
     "unit8_192": ("192 px, no geometric augmentation, learning rate 4e-3, offsets in units of 8 map px (not 1)",
                   {"offset_unit": 8.0}),
+    "ema99": ("the demo's settings (192 px, no geometric augmentation, learning rate 4e-3, DEKR's flips in "
+              "training and the flip test), with an exponential moving average of the weights and BatchNorm "
+              "statistics, decay 0.99 (a ~100-step horizon); the evaluated model is the average", {"ema": 0.99}),
+    "ema98": ("the demo's settings, with the moving average of the weights at decay 0.98 (a ~50-step horizon); "
+              "the evaluated model is the average", {"ema": 0.98}),
     "dekr_init": ("128 px, DEKR's N(0, 0.001) initialisation (not He's)", {**AT128, "init": "dekr"}),
 }
 
