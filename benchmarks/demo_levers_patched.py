@@ -27,6 +27,7 @@ import benchmarks.demo_levers as demo_levers
 import grmpose.train
 from grmpose.data.dataset import PoseDataset
 from grmpose.demo import DATA_MARKER, DemoConfig, data_marker
+from grmpose.model.blocks import BasicBlock, Bottleneck
 from grmpose.model.heads import OffsetHead
 
 BASE = (
@@ -121,6 +122,24 @@ def person_scale(step: float, supervised: float = 0.0) -> None:
     grmpose.train.total_loss = supervised_loss
 
 
+def zero_init_residual() -> None:
+    """After He's initialisation, the last BatchNorm of every residual branch (BasicBlock, Bottleneck) gets
+    a zero scale, so that each block starts as the identity (Goyal et al. 2017; torchvision's
+    ``zero_init_residual``)."""
+    init = grmpose.train.kaiming_init
+
+    def patched(model: nn.Module, keep: set[nn.Module]) -> nn.Module:
+        init(model, keep)
+        for m in model.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.conv2[1].weight)
+            elif isinstance(m, Bottleneck):
+                nn.init.zeros_(m.conv3[1].weight)
+        return model
+
+    grmpose.train.kaiming_init = patched
+
+
 def denser_training_set(max_people: int, out: Path) -> None:
     """Generate the demo's training set with up to ``max_people`` people at the demo level's sizes into
     ``out/data``, and the demo's own held-out set (same seed, same images) beside it."""
@@ -179,6 +198,13 @@ CASES: dict[str, tuple[str, dict, Callable[[Path], None]]] = {
         "cells per person (build_targets' center_radius patched in the process; no option)",
         {"center_radius (patched)": 8},
         lambda out: offset_radius(8),
+    ),
+    "zero_init_residual": (
+        f"{BASE}, every residual block starting as the identity: the scale of the last BatchNorm of each "
+        "BasicBlock and Bottleneck set to 0 after He's initialisation (Goyal et al. 2017; kaiming_init "
+        "patched in the process; no option)",
+        {"init (patched)": "He's, residual branches' last BatchNorm scale 0"},
+        lambda out: zero_init_residual(),
     ),
     "offset_person_scale": (
         f"{BASE}, offsets in units of a predicted person scale: the offset maps multiplied by exp(s), s a 1x1 "
