@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import shutil
 import struct
 import zlib
@@ -403,6 +404,28 @@ def test_layouts(tmp_path):
         resolve_dataset(tmp_path, "val")
     with pytest.raises(DataError, match="not found"):
         resolve_dataset(tmp_path / "nothing", "val")
+
+
+def test_unknown_folder_error_says_how_to_use_its_json(tmp_path):
+    """A folder with one COCO-format JSON file and an image folder but no known layout: the error's
+    first line (all the command line prints) names the dataset.yaml to write, and writing it works."""
+    root = tmp_path / "mine"
+    shutil.copytree(DATA / "coco" / "images", root / "images")
+    shutil.copy(DATA / "coco" / "person_keypoints.json", root / "person_keypoints.json")
+    with pytest.raises(DataError) as err:
+        resolve_dataset(root, "train")
+    first = str(err.value).splitlines()[0]
+    assert "dataset.yaml" in first and "person_keypoints.json" in first and not first.endswith(":")
+    lines = re.findall(r"'([a-z]+: [^']+)'", first)
+    assert lines == ["spec: coco", "annotations: person_keypoints.json", "images: images"]
+    (root / "dataset.yaml").write_text("\n".join(lines) + "\n")
+    ann, images, spec = resolve_dataset(root, "train")
+    assert (ann, images, spec) == (root / "person_keypoints.json", root / "images", COCO)
+    # nothing to go on: the expected file names of the known layouts, for the split asked
+    (root / "dataset.yaml").unlink()
+    (root / "person_keypoints.json").unlink()
+    with pytest.raises(DataError, match=r"person_keypoints_val2017\.json .*crowdpose_val\.json"):
+        resolve_dataset(root, "val")
 
 
 def test_yaml_descriptions(tmp_path):

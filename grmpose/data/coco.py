@@ -713,9 +713,23 @@ def resolve_dataset_parts(data: str | Path, split: str) -> tuple[list[tuple[Path
         return crowdpose_parts(path, split), CROWDPOSE
     except DataError as err:
         errors.append(str(err))
-    raise DataError(
-        f"{path}: not a recognised dataset folder (no dataset.yaml, COCO or CrowdPose layout):\n  "
-        + "\n  ".join(errors)
+    raise DataError(f"{path}: not a recognised dataset folder ({_layout_hint(path, split)})\n  " + "\n  ".join(errors))
+
+
+def _layout_hint(path: Path, split: str) -> str:
+    """What a folder that is no known layout needs, in one line, naming a JSON file it holds if any."""
+    jsons = sorted(p for p in path.glob("*.json") if p.is_file())
+    folders = [d.name for d in sorted(path.iterdir()) if d.is_dir() and d.name.lower() in ("images", "imgs", "img")]
+    if jsons:
+        ann = jsons[0].relative_to(path).as_posix()
+        images = folders[0] if folders else "IMAGE_FOLDER"
+        return (
+            f"no dataset.yaml and no COCO or CrowdPose file for split {split!r}; to use {ann}, write "
+            f"{path / 'dataset.yaml'} with the lines 'spec: coco', 'annotations: {ann}', 'images: {images}'"
+        )
+    return (
+        f"no dataset.yaml, no annotations/person_keypoints_{split}2017.json (COCO) and no "
+        f"json/crowdpose_{split}.json (CrowdPose)"
     )
 
 
