@@ -54,6 +54,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError("--int8 needs --calibration IMAGES (a folder or a quoted glob of images)")
     if args.calibration and not args.int8:
         raise UserError("--calibration is only used with --int8")
+    if args.preset and (args.preset.endswith((".safetensors", ".pt")) or Path(args.preset).is_file()):
+        if args.checkpoint:  # a checkpoint given twice
+            raise UserError(f"give the checkpoint once: {args.preset} or --checkpoint {args.checkpoint}")
+        args.checkpoint, args.preset = args.preset, None
     if args.checkpoint:
         model, config, spec = load_model(args.checkpoint)
     elif args.preset:
@@ -345,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("export", help="export to ONNX (dynamic batch and image size)")
-    p.add_argument("preset", nargs="?", help="preset name (random weights) when no --checkpoint is given")
+    p.add_argument(
+        "preset", nargs="?", help="a checkpoint (.safetensors or .pt), or a preset name (random weights)"
+    )
     p.add_argument("--checkpoint", help="a .safetensors or .pt checkpoint")
     p.add_argument("--spec", default="coco", help="keypoint spec for a preset")
     p.add_argument("--output", required=True, help="output .onnx file")

@@ -33,6 +33,25 @@ def test_onnx_parity_at_other_sizes(tmp_path):
             np.testing.assert_allclose(g, r.numpy(), atol=1e-4, rtol=0)
 
 
+def test_export_takes_the_checkpoint_as_its_argument(tmp_path, capsys):
+    """``grmpose export CKPT --output M`` exports that checkpoint's weights (not a preset's random ones)."""
+    config = get_preset("tiny")
+    model = randomize_(build_model(config, CROWDPOSE), seed=3)
+    ckpt = save_weights(tmp_path / "w.safetensors", model, config, CROWDPOSE)
+    onnx_path = tmp_path / "w.onnx"
+    assert cli_main(["export", str(ckpt), "--output", str(onnx_path)]) == 0
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = model(x)
+    for r, g in zip(ref, session.run(None, {"images": x.numpy()})):
+        np.testing.assert_allclose(g, r.numpy(), atol=1e-4, rtol=0)
+    # given twice: one line naming both, nothing written
+    other = tmp_path / "other.onnx"
+    assert cli_main(["export", str(ckpt), "--checkpoint", str(ckpt), "--output", str(other)]) == 2
+    assert "give the checkpoint once" in capsys.readouterr().err and not other.exists()
+
+
 def test_safetensors_round_trip(tmp_path):
     config = get_preset("tiny")
     model = randomize_(build_model(config, CROWDPOSE), seed=1)
