@@ -15,6 +15,7 @@ two runs of the demo's own settings.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 import benchmarks.demo_levers as demo_levers
+import grmpose.config
 import grmpose.train
 from grmpose.data.dataset import PoseDataset
 from grmpose.demo import DATA_MARKER, DemoConfig, data_marker
@@ -140,6 +142,11 @@ def zero_init_residual() -> None:
     grmpose.train.kaiming_init = patched
 
 
+def tiny_width(width: int) -> None:
+    """The ``tiny`` preset's backbone width (its branches C, 2C, 4C, 8C; the heads' input 16C) set to ``width``."""
+    grmpose.config.PRESETS["tiny"] = dataclasses.replace(grmpose.config.PRESETS["tiny"], width=width)
+
+
 def denser_training_set(max_people: int, out: Path) -> None:
     """Generate the demo's training set with up to ``max_people`` people at the demo level's sizes into
     ``out/data``, and the demo's own held-out set (same seed, same images) beside it."""
@@ -205,6 +212,12 @@ CASES: dict[str, tuple[str, dict, Callable[[Path], None]]] = {
         "patched in the process; no option)",
         {"init (patched)": "He's, residual branches' last BatchNorm scale 0"},
         lambda out: zero_init_residual(),
+    ),
+    "width12": (
+        f"{BASE}, backbone width 12 (not tiny's 16): a lighter tiny-class network, the heads' input 192 "
+        "channels instead of 256 (the tiny preset patched in the process; no option sets the width)",
+        {"width (patched)": 12},
+        lambda out: tiny_width(12),
     ),
     "offset_person_scale": (
         f"{BASE}, offsets in units of a predicted person scale: the offset maps multiplied by exp(s), s a 1x1 "

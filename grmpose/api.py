@@ -267,6 +267,8 @@ def _as_rgb(source: Source, color: str) -> np.ndarray:
         source = np.repeat(source[..., None], 3, 2)
     if source.ndim != 3 or source.shape[2] not in (3, 4):
         raise ValueError(f"image arrays must be H×W×3 (or H×W×4, H×W), got shape {source.shape}")
+    if source.shape[0] == 0 or source.shape[1] == 0:
+        raise ValueError(f"image array is empty: shape {source.shape}")
     source = source[..., :3]
     if color == "bgr":
         source = source[..., ::-1]

@@ -558,3 +558,21 @@ def test_error_in_a_real_process(case, ckpt, tmp_path):
 def test_corpus_size():
     # 43 error cases + 4 pickle entry points + 6 image kinds + EXIF + folder skip + eval/train missing + negative
     assert len(ERROR_CASES) >= 30
+
+
+def test_python_inputs_of_a_wrong_shape_say_what_is_expected(ckpt):
+    """An empty image array and a network input whose sides are not multiples of 32: one clear
+    ValueError each, instead of a division by zero or a size mismatch deep inside the network."""
+    from grmpose.api import PoseEstimator
+
+    estimator = PoseEstimator.from_checkpoint(ckpt)
+    with pytest.raises(ValueError, match=r"image array is empty: shape \(0, 10, 3\)"):
+        estimator(np.zeros((0, 10, 3), np.uint8))
+    assert isinstance(estimator(np.zeros((7, 5, 3), np.uint8)), list)  # small but not empty: works
+    model = build_model("tiny")
+    with pytest.raises(ValueError, match=r"multiples of 32, got \(1, 3, 70, 96\)"):
+        model(torch.zeros(1, 3, 70, 96))
+    with pytest.raises(ValueError, match=r"B x 3 x H x W"):
+        model(torch.zeros(3, 64, 64))
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 96))[0].shape == (1, 18, 16, 24)

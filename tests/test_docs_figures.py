@@ -123,7 +123,7 @@ def demo_levers_quotes() -> dict[str, list[str]]:
     at192, noaug, rot0 = rows["dekr_aug"], rows["lr2e-3"], rows["rot0"]
     lr4, lr8 = rows["base@2026-12-05"], rows["lr8e-3"]  # the demo's settings, measured beside the lr rows
     today, blocks2, ch15 = rows["base@2026-12-06"], rows["offset_blocks2"], rows["offset_ch15"]
-    mirror, mirror_noflip = rows["base"], rows["noflips"]  # the mirror-symmetric scenes
+    mirror, mirror_noflip = rows["base@2026-12-07a"], rows["noflips"]  # the mirror-symmetric scenes
     head, w24 = rows["dekr_offset_head"], rows["width24"]
     a1, a2, beta4, u8 = rows["adaptive_A1I"], rows["adaptive_A2I"], rows["offset_beta4"], rows["unit8_192"]
     b2, b3, t_mean, t_mean_a1 = (
@@ -132,6 +132,8 @@ def demo_levers_quotes() -> dict[str, list[str]]:
     progressive, radius2, person = rows["progressive_128"], rows["offset_radius2"], rows["offset_person_scale"]
     person_small, dense8, dense12 = rows["offset_person_scale_small_step"], rows["train_people8"], rows["train_people12"]
     person_supervised = rows["offset_person_scale_supervised"]
+    evening, ema99, ema98 = rows["base"], rows["ema99"], rows["ema98"]
+    radius8, zero_res = rows["offset_radius8"], rows["zero_init_residual"]
     return {
         "README.md": [
             f"no flips: {base['steps']} steps, PCK {base['heatmap_pck']:.3f}, AP {base['AP']:.4f}",
@@ -167,6 +169,10 @@ def demo_levers_quotes() -> dict[str, list[str]]:
             f"AP {person_supervised['AP']:.4f}",
             f"(1.5x the people), {dense8['steps']} steps, PCK {dense8['heatmap_pck']:.3f}, AP {dense8['AP']:.4f}; "
             f"up to 12 (2.2x), AP {dense12['AP']:.4f}",
+            f"the demo's settings made {evening['steps']} steps, AP\n  {evening['AP']:.4f}",
+            f"decay 0.99: {ema99['steps']} steps, AP **{ema99['AP']:.4f}**; decay 0.98: AP {ema98['AP']:.4f}",
+            f"(4x the cells): AP {radius8['AP']:.4f}",
+            f"(zero scale on its last BatchNorm, Goyal et al.): AP {zero_res['AP']:.4f}",
         ],
         "docs/architecture.md": [
             f"AP {mirror['AP']:.4f} with flips and the flip test against {mirror_noflip['AP']:.4f} without",

@@ -45,6 +45,11 @@ class GRMPoseNet(nn.Module):
         return {self.heatmap_head.heatmap, self.heatmap_head.tag, self.offset_head.offset}
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not _tracing():  # a check on concrete shapes only: export and compile see symbolic ones
+            if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] % 32 or images.shape[3] % 32:
+                raise ValueError(
+                    f"images must be B x 3 x H x W with H and W multiples of 32, got {tuple(images.shape)}"
+                )
         p1, p2, stage4 = self.backbone(images)
         ups = [stage4[0]] + [
             F.interpolate(y, scale_factor=float(2**i), mode="bilinear", align_corners=False)
@@ -55,6 +60,12 @@ class GRMPoseNet(nn.Module):
         heatmaps, tags = self.heatmap_head(feats)
         offsets = self.offset_head(feats)
         return heatmaps, offsets, tags
+
+
+def _tracing() -> bool:
+    """Whether the forward pass is being traced (TorchScript, ONNX export, torch.compile or torch.export)."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or exporting
 
 
 def build_model(preset: str | ModelConfig = "grmpose-w32", spec: str | KeypointSpec = "coco") -> GRMPoseNet:
