@@ -132,8 +132,9 @@ def demo_levers_quotes() -> dict[str, list[str]]:
     progressive, radius2, person = rows["progressive_128"], rows["offset_radius2"], rows["offset_person_scale"]
     person_small, dense8, dense12 = rows["offset_person_scale_small_step"], rows["train_people8"], rows["train_people12"]
     person_supervised = rows["offset_person_scale_supervised"]
-    evening, ema99, ema98 = rows["base"], rows["ema99"], rows["ema98"]
-    radius8, zero_res = rows["offset_radius8"], rows["zero_init_residual"]
+    evening = [rows["base@2026-12-07d"], rows["base@2026-12-07e"], rows["base"]]
+    ema99, ema98, radius8, zero_res = rows["ema99"], rows["ema98"], rows["offset_radius8"], rows["zero_init_residual"]
+    w12 = [rows["width12@2026-12-07a"], rows["width12@2026-12-07b"], rows["width12"]]
     return {
         "README.md": [
             f"no flips: {base['steps']} steps, PCK {base['heatmap_pck']:.3f}, AP {base['AP']:.4f}",
@@ -169,7 +170,11 @@ def demo_levers_quotes() -> dict[str, list[str]]:
             f"AP {person_supervised['AP']:.4f}",
             f"(1.5x the people), {dense8['steps']} steps, PCK {dense8['heatmap_pck']:.3f}, AP {dense8['AP']:.4f}; "
             f"up to 12 (2.2x), AP {dense12['AP']:.4f}",
-            f"the demo's settings made {evening['steps']} steps, AP\n  {evening['AP']:.4f}",
+            f"three runs: {evening[0]['steps']}, {evening[1]['steps']} and {evening[2]['steps']} steps, AP "
+            f"{evening[0]['AP']:.4f}, {evening[1]['AP']:.4f} and {evening[2]['AP']:.4f}",
+            f"{w12[0]['steps']}, {w12[1]['steps']} and {w12[2]['steps']} steps, AP {w12[0]['AP']:.4f}, "
+            f"{w12[1]['AP']:.4f} and {w12[2]['AP']:.4f} (mean {sum(r['AP'] for r in w12) / 3:.4f} against "
+            f"{sum(r['AP'] for r in evening) / 3:.4f})",
             f"decay 0.99: {ema99['steps']} steps, AP **{ema99['AP']:.4f}**; decay 0.98: AP {ema98['AP']:.4f}",
             f"(4x the cells): AP {radius8['AP']:.4f}",
             f"(zero scale on its last BatchNorm, Goyal et al.): AP {zero_res['AP']:.4f}",
