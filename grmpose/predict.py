@@ -75,6 +75,16 @@ class InputSource:
     video: str | int | None = None
 
 
+def _subfolder_hint(folder: Path) -> str:
+    """``"; its subfolder X holds N images"`` for the first subfolder with images (folders are not searched
+    recursively), else ``""``."""
+    for sub in sorted(d for d in folder.iterdir() if d.is_dir()):
+        n = sum(1 for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if n:
+            return f"; its subfolder {sub.name!r} holds {n} images (subfolders are not searched: give {sub})"
+    return ""
+
+
 def resolve_source(source: str) -> InputSource:
     """Classify SOURCE: image file, folder, glob pattern, video file or camera index (digits).
 
@@ -85,7 +95,9 @@ def resolve_source(source: str) -> InputSource:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {source}")
+            raise FileNotFoundError(
+                f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {source}{_subfolder_hint(path)}"
+            )
         return InputSource("images", files, [p.name for p in files])
     if path.is_file():
         if path.suffix.lower() in VIDEO_SUFFIXES:

@@ -229,6 +229,19 @@ def test_resolve_source_kinds(tmp_path):
     assert resolve_source(str(tmp_path / "v.MP4")).kind == "video"
 
 
+def test_a_folder_without_images_names_its_subfolder_that_has_them(tmp_path):
+    """A sequence folder (annotations + frames/): the error says where the images are."""
+    (tmp_path / "seq" / "frames").mkdir(parents=True)
+    (tmp_path / "seq" / "notes").mkdir()
+    (tmp_path / "seq" / "annotations.json").write_text("{}")
+    for name in ("000.jpg", "001.png", "readme.txt"):
+        (tmp_path / "seq" / "frames" / name).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"subfolder 'frames' holds 2 images .*give .*frames\)$"):
+        resolve_source(str(tmp_path / "seq"))
+    with pytest.raises(FileNotFoundError, match=r"in folder .*notes$"):  # nothing below: no hint
+        resolve_source(str(tmp_path / "seq" / "notes"))
+
+
 def test_image_ids_and_picture_names(tmp_path):
     assert assign_image_ids([Path("001.jpg"), Path("20.png")]) == [1, 20]
     assert assign_image_ids([Path("001.jpg"), Path("1.png")]) == [0, 1]  # clash: running index
