@@ -6,10 +6,11 @@ training set), then trains and evaluates the demo's settings for the same minute
     python -m benchmarks.demo_levers_patched CASE [--minutes 4] [--out runs/demo_levers]
 
 It appends the case's row to ``<out>/results.jsonl`` and rewrites ``benchmarks/results/demo_levers.{json,md}``
-from every row there (``benchmarks.demo_levers.write_tables``). The rows of 2026-12-07 were measured with
-these patches written in a scratch script, the supervised person scale with this module; it keeps them so
+from every row there (``benchmarks.demo_levers.write_tables``). The afternoon rows of 2026-12-07 were
+measured with these patches written in a scratch script, the supervised person scale and the evening rows
+(offset radius 8, residual blocks starting as the identity, width 12) with this module; it keeps them all so
 that the rows can be re-run. None is an option of ``grmpose train``: none measured better than the spread of
-two runs of the demo's own settings.
+runs of the demo's own settings.
 """
 
 from __future__ import annotations
