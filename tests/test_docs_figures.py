@@ -117,6 +117,21 @@ def throughput_quotes() -> dict[str, list[str]]:
     }
 
 
+def layout_quotes() -> dict[str, list[str]]:
+    r = results("train_step_layouts.json")
+    rows, ms = {x["variant"]: x for x in r["rows"]}, r["onednn"]["ms_per_step"]
+    as_is, cl, mm4, mm = rows["as_is"], rows["channels_last"], rows["matmul_stride4"], rows["matmul_all"]
+    return {
+        "README.md": [
+            f"{ms['convolution']:.0f} ms of a {as_is['median_ms']:.0f} ms step",
+            f"blocked one at {ms['reorder']:.0f} ms",
+            f"channels-last {cl['median_ms']:.0f} ms ({cl['vs_as_is']:.2f}×)",
+            f"matrix products {mm4['median_ms']:.0f} ms ({mm4['vs_as_is']:.2f}×), every 1×1 convolution so "
+            f"{mm['median_ms']:.0f} ms ({mm['vs_as_is']:.2f}×)",
+        ]
+    }
+
+
 def demo_levers_quotes() -> dict[str, list[str]]:
     rows = {r["case"]: r for r in results("demo_levers.json")["rows"]}
     base, flips, flips8, unit8 = rows["base128"], rows["flips"], rows["flips_unit8"], rows["unit8"]
@@ -236,6 +251,7 @@ def ap_breakdown_quotes() -> dict[str, list[str]]:
         yolo_quotes,
         decoder_quotes,
         throughput_quotes,
+        layout_quotes,
         demo_levers_quotes,
         demo_quotes,
         ap_breakdown_quotes,
