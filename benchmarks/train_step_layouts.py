@@ -167,7 +167,11 @@ def onednn_times(args: argparse.Namespace) -> dict:
         if kind == "reorder":
             reorder_shapes[fields[-2]] += ms / args.verbose_steps
     top = sorted(reorder_shapes.items(), key=lambda kv: -kv[1])[:4]
-    return {"ms_per_step": dict(by_kind), "reorder_ms_per_step_by_shape": dict(top), "steps": args.verbose_steps}
+    return {
+        "ms_per_step": dict(by_kind),
+        "reorder_ms_per_step_by_shape": dict(top),
+        "steps": args.verbose_steps,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -226,7 +230,10 @@ def main(argv: list[str] | None = None) -> dict:
         "",
         "| variant | median ms per step | images/s | vs as is |",
         "|---|---|---|---|",
-        *[f"| {r['change']} | {r['median_ms']:.0f} | {r['images_per_s']:.1f} | {r['vs_as_is']:.2f}x |" for r in rows],
+        *[
+            f"| {r['change']} | {r['median_ms']:.0f} | {r['images_per_s']:.1f} | {r['vs_as_is']:.2f}x |"
+            for r in rows
+        ],
         "",
         f"oneDNN's own log of the code as it is ({onednn['steps']} steps): convolution primitives {conv:.0f} ms "
         f"per step, reorders between PyTorch's plain layout and oneDNN's blocked one {reorder:.0f} ms per step "

@@ -13,9 +13,15 @@ def test_matmul_conv_equals_conv2d():
     torch.manual_seed(0)
     conv = nn.Conv2d(12, 5, 1)
     x = torch.randn(2, 12, 7, 9)
-    torch.testing.assert_close(MatmulConv1x1(conv)(x), F.conv2d(x, conv.weight, conv.bias), atol=1e-5, rtol=1e-5)
-    net = nn.Sequential(nn.Conv2d(12, 5, 1), nn.Conv2d(5, 5, 3), nn.Conv2d(5, 4, 1, bias=False), nn.Conv2d(4, 4, 1))
-    assert swap_1x1(net, 5) == 2  # the 1x1 convs with at least 5 inputs: 0 and 2, not the 3x3 or the 4-input one
+    torch.testing.assert_close(
+        MatmulConv1x1(conv)(x), F.conv2d(x, conv.weight, conv.bias), atol=1e-5, rtol=1e-5
+    )
+    net = nn.Sequential(
+        nn.Conv2d(12, 5, 1), nn.Conv2d(5, 5, 3), nn.Conv2d(5, 4, 1, bias=False), nn.Conv2d(4, 4, 1)
+    )
+    assert (
+        swap_1x1(net, 5) == 2
+    )  # the 1x1 convs with at least 5 inputs: 0 and 2, not the 3x3 or the 4-input one
     assert [type(m).__name__ for m in net] == ["MatmulConv1x1", "Conv2d", "MatmulConv1x1", "Conv2d"]
 
 
@@ -35,4 +41,6 @@ def test_variants_give_the_same_outputs_and_gradients():
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=variant)
         assert grads.keys() == ref_grads.keys(), variant
         for name in ref_grads:
-            torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-4, rtol=1e-2, msg=f"{variant} {name}")
+            torch.testing.assert_close(
+                grads[name], ref_grads[name], atol=1e-4, rtol=1e-2, msg=f"{variant} {name}"
+            )

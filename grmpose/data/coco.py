@@ -713,13 +713,17 @@ def resolve_dataset_parts(data: str | Path, split: str) -> tuple[list[tuple[Path
         return crowdpose_parts(path, split), CROWDPOSE
     except DataError as err:
         errors.append(str(err))
-    raise DataError(f"{path}: not a recognised dataset folder ({_layout_hint(path, split)})\n  " + "\n  ".join(errors))
+    raise DataError(
+        f"{path}: not a recognised dataset folder ({_layout_hint(path, split)})\n  " + "\n  ".join(errors)
+    )
 
 
 def _layout_hint(path: Path, split: str) -> str:
     """What a folder that is no known layout needs, in one line, naming a JSON file it holds if any."""
     jsons = sorted(p for p in path.glob("*.json") if p.is_file())
-    folders = [d.name for d in sorted(path.iterdir()) if d.is_dir() and d.name.lower() in ("images", "imgs", "img")]
+    folders = [
+        d.name for d in sorted(path.iterdir()) if d.is_dir() and d.name.lower() in ("images", "imgs", "img")
+    ]
     if jsons:
         ann = jsons[0].relative_to(path).as_posix()
         images = folders[0] if folders else "IMAGE_FOLDER"

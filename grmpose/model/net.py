@@ -65,7 +65,9 @@ class GRMPoseNet(nn.Module):
 def _tracing() -> bool:
     """Whether the forward pass is being traced (TorchScript, ONNX export, torch.compile or torch.export)."""
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or exporting
+    return (
+        torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or exporting
+    )
 
 
 def build_model(preset: str | ModelConfig = "grmpose-w32", spec: str | KeypointSpec = "coco") -> GRMPoseNet:
