@@ -75,11 +75,16 @@ class InputSource:
     video: str | int | None = None
 
 
+def _images_in(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (by suffix), sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def _subfolder_hint(folder: Path) -> str:
     """``"; its subfolder X holds N images"`` for the first subfolder with images (folders are not searched
     recursively), else ``""``."""
     for sub in sorted(d for d in folder.iterdir() if d.is_dir()):
-        n = sum(1 for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        n = len(_images_in(sub))
         if n:
             return f"; its subfolder {sub.name!r} holds {n} images (subfolders are not searched: give {sub})"
     return ""
@@ -93,7 +98,7 @@ def resolve_source(source: str) -> InputSource:
     """
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = _images_in(path)
         if not files:
             raise FileNotFoundError(
                 f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {source}{_subfolder_hint(path)}"

@@ -128,3 +128,10 @@ def keep_freed_memory() -> bool:
     except OSError:
         return False
     return bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)) and bool(libc.mallopt(_M_MMAP_MAX, 0))
+
+
+def capturing_graph() -> bool:
+    """Whether torch is capturing a graph instead of running eagerly: the ONNX export, ``torch.compile`` or
+    ``torch.export`` (code that must only see standard operators, or concrete shapes, checks this)."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or exporting

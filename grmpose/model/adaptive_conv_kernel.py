@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from grmpose.runtime import capturing_graph
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("adaptive_conv_cpu.cpp")
@@ -111,9 +113,7 @@ def _put_ninja_on_path() -> None:
 
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether ``adaptive_conv`` can run on these tensors here and now (see the module's docstring)."""
-    if not enabled() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
-        return False
-    if getattr(torch.compiler, "is_exporting", lambda: False)():
+    if not enabled() or capturing_graph():
         return False
     dtype = tensors[0].dtype
     if dtype not in (torch.float32, torch.float64):

@@ -19,6 +19,7 @@ from grmpose.model.backbone import HRBackbone
 from grmpose.model.grm import GRM
 from grmpose.model.heads import HeatmapTagHead, OffsetHead
 from grmpose.model.init_weights import init_weights
+from grmpose.runtime import capturing_graph
 from grmpose.spec import KeypointSpec, get_spec
 
 
@@ -45,7 +46,8 @@ class GRMPoseNet(nn.Module):
         return {self.heatmap_head.heatmap, self.heatmap_head.tag, self.offset_head.offset}
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not _tracing():  # a check on concrete shapes only: export and compile see symbolic ones
+        # concrete shapes only: a trace or a graph capture sees symbolic ones
+        if not (torch.jit.is_tracing() or capturing_graph()):
             if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] % 32 or images.shape[3] % 32:
                 raise ValueError(
                     f"images must be B x 3 x H x W with H and W multiples of 32, got {tuple(images.shape)}"
@@ -60,14 +62,6 @@ class GRMPoseNet(nn.Module):
         heatmaps, tags = self.heatmap_head(feats)
         offsets = self.offset_head(feats)
         return heatmaps, offsets, tags
-
-
-def _tracing() -> bool:
-    """Whether the forward pass is being traced (TorchScript, ONNX export, torch.compile or torch.export)."""
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    return (
-        torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or exporting
-    )
 
 
 def build_model(preset: str | ModelConfig = "grmpose-w32", spec: str | KeypointSpec = "coco") -> GRMPoseNet:
