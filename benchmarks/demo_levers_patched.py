@@ -148,6 +148,54 @@ def tiny_width(width: int) -> None:
     grmpose.config.PRESETS["tiny"] = dataclasses.replace(grmpose.config.PRESETS["tiny"], width=width)
 
 
+def heatmap_head_width(channels: int) -> None:
+    """The ``tiny`` preset's heatmap head width (its 1x1 transition and BasicBlock) set to ``channels``."""
+    grmpose.config.PRESETS["tiny"] = dataclasses.replace(grmpose.config.PRESETS["tiny"], head_channels=channels)
+
+
+def intermediate_heatmaps(factor: float) -> None:
+    """Deep supervision: in training, a 1x1 conv on each of the GRM's inputs p1 and p2 (the stride-4
+    outputs of stages 2 and 3) predicts the K + 1 heatmaps too, and their MSE against the same targets
+    is added to the loss with ``factor`` each (the model's outputs are unchanged)."""
+    from grmpose.losses import heatmap_loss
+    from grmpose.model.net import GRMPoseNet
+
+    init, forward, layers = GRMPoseNet.__init__, GRMPoseNet.forward, GRMPoseNet.prediction_layers
+    last: dict[str, list[torch.Tensor]] = {}
+
+    def __init__(self: GRMPoseNet, config, num_keypoints: int) -> None:
+        init(self, config, num_keypoints)
+        c = self.backbone.widths[0]
+        self.aux = nn.ModuleList([nn.Conv2d(c, num_keypoints + 1, 1) for _ in range(2)])
+        for conv in self.aux:  # DEKR's start for prediction layers
+            nn.init.normal_(conv.weight, std=0.001)
+            nn.init.zeros_(conv.bias)
+        backbone_forward = self.backbone.forward
+
+        def backbone_with_aux(x: torch.Tensor):
+            p1, p2, stage4 = backbone_forward(x)
+            if self.training:
+                last["aux"] = [self.aux[0](p1), self.aux[1](p2)]
+            return p1, p2, stage4
+
+        self.backbone.forward = backbone_with_aux
+
+    GRMPoseNet.__init__ = __init__
+    GRMPoseNet.prediction_layers = lambda self: layers(self) | set(self.aux)
+    total_loss = grmpose.train.total_loss
+
+    def loss_with_aux(outputs, targets, factors):
+        loss, parts = total_loss(outputs, targets, factors)
+        aux = last.pop("aux", None)
+        if aux is None:
+            return loss, parts
+        gt = targets["heatmaps"].to(aux[0].device)
+        w = targets["heat_weights"].to(aux[0].device)
+        return loss + factor * sum(heatmap_loss(a.float(), gt, w) for a in aux), parts
+
+    grmpose.train.total_loss = loss_with_aux
+
+
 def denser_training_set(max_people: int, out: Path) -> None:
     """Generate the demo's training set with up to ``max_people`` people at the demo level's sizes into
     ``out/data``, and the demo's own held-out set (same seed, same images) beside it."""
@@ -219,6 +267,19 @@ CASES: dict[str, tuple[str, dict, Callable[[Path], None]]] = {
         "channels instead of 256 (the tiny preset patched in the process; no option sets the width)",
         {"width (patched)": 12},
         lambda out: tiny_width(12),
+    ),
+    "head32": (
+        f"{BASE}, heatmap head width 32 (not tiny's 16 = its backbone width, DEKR's rule; the tiny preset "
+        "patched in the process; no option sets it)",
+        {"head_channels (patched)": 32},
+        lambda out: heatmap_head_width(32),
+    ),
+    "intermediate_heatmaps": (
+        f"{BASE}, deep supervision: the heatmaps also predicted by a 1x1 conv from each of the GRM's inputs p1 "
+        "and p2 (stride 4, after stages 2 and 3) in training, their MSE added with factor 1 each; the model's "
+        "outputs unchanged (GRMPoseNet and the loss patched in the process; no option)",
+        {"intermediate heatmap losses (patched)": "p1, p2, factor 1"},
+        lambda out: intermediate_heatmaps(1.0),
     ),
     "offset_person_scale": (
         f"{BASE}, offsets in units of a predicted person scale: the offset maps multiplied by exp(s), s a 1x1 "
