@@ -150,7 +150,9 @@ def tiny_width(width: int) -> None:
 
 def heatmap_head_width(channels: int) -> None:
     """The ``tiny`` preset's heatmap head width (its 1x1 transition and BasicBlock) set to ``channels``."""
-    grmpose.config.PRESETS["tiny"] = dataclasses.replace(grmpose.config.PRESETS["tiny"], head_channels=channels)
+    grmpose.config.PRESETS["tiny"] = dataclasses.replace(
+        grmpose.config.PRESETS["tiny"], head_channels=channels
+    )
 
 
 def intermediate_heatmaps(factor: float) -> None:
@@ -160,7 +162,7 @@ def intermediate_heatmaps(factor: float) -> None:
     from grmpose.losses import heatmap_loss
     from grmpose.model.net import GRMPoseNet
 
-    init, forward, layers = GRMPoseNet.__init__, GRMPoseNet.forward, GRMPoseNet.prediction_layers
+    init, layers = GRMPoseNet.__init__, GRMPoseNet.prediction_layers
     last: dict[str, list[torch.Tensor]] = {}
 
     def __init__(self: GRMPoseNet, config, num_keypoints: int) -> None:
