@@ -276,6 +276,11 @@ CASES: dict[str, tuple[str, dict, Callable[[Path], None]]] = {
         {"head_channels (patched)": 32},
         lambda out: heatmap_head_width(32),
     ),
+    "head64": (
+        f"{BASE}, heatmap head width 64 (not tiny's 16; the tiny preset patched in the process; no option sets it)",
+        {"head_channels (patched)": 64},
+        lambda out: heatmap_head_width(64),
+    ),
     "intermediate_heatmaps": (
         f"{BASE}, deep supervision: the heatmaps also predicted by a 1x1 conv from each of the GRM's inputs p1 "
         "and p2 (stride 4, after stages 2 and 3) in training, their MSE added with factor 1 each; the model's "

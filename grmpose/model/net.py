@@ -33,7 +33,9 @@ class GRMPoseNet(nn.Module):
         p3_channels = sum(self.backbone.widths)  # 15C
         self.grm = GRM(c, p3_channels) if config.use_grm else None
         head_in = self.grm.out_channels if self.grm is not None else p3_channels
-        self.heatmap_head = HeatmapTagHead(head_in, config.head_channels, num_keypoints, config.heatmap_activation)
+        self.heatmap_head = HeatmapTagHead(
+            head_in, config.head_channels, num_keypoints, config.heatmap_activation
+        )
         self.offset_head = OffsetHead(
             head_in, config.offset_channels_per_kpt, config.offset_blocks, num_keypoints, config.offset_unit
         )
@@ -45,6 +47,17 @@ class GRMPoseNet(nn.Module):
         """The last convolutions of the heads (heatmaps, tags, offsets)."""
         return {self.heatmap_head.heatmap, self.heatmap_head.tag, self.offset_head.offset}
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The heads' input: the backbone's stride-4 maps (p3: every branch upsampled and joined), through
+        the GRM with p1 and p2 when the model has it."""
+        p1, p2, stage4 = self.backbone(images)
+        ups = [stage4[0]] + [
+            F.interpolate(y, scale_factor=float(2**i), mode="bilinear", align_corners=False)
+            for i, y in enumerate(stage4[1:], start=1)
+        ]
+        p3 = torch.cat(ups, dim=1)
+        return self.grm(p1, p2, p3) if self.grm is not None else p3
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # concrete shapes only: a trace or a graph capture sees symbolic ones
         if not (torch.jit.is_tracing() or capturing_graph()):
@@ -52,13 +65,7 @@ class GRMPoseNet(nn.Module):
                 raise ValueError(
                     f"images must be B x 3 x H x W with H and W multiples of 32, got {tuple(images.shape)}"
                 )
-        p1, p2, stage4 = self.backbone(images)
-        ups = [stage4[0]] + [
-            F.interpolate(y, scale_factor=float(2**i), mode="bilinear", align_corners=False)
-            for i, y in enumerate(stage4[1:], start=1)
-        ]
-        p3 = torch.cat(ups, dim=1)
-        feats = self.grm(p1, p2, p3) if self.grm is not None else p3
+        feats = self.features(images)
         heatmaps, tags = self.heatmap_head(feats)
         offsets = self.offset_head(feats)
         return heatmaps, offsets, tags
