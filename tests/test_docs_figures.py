@@ -153,7 +153,9 @@ def demo_levers_quotes() -> dict[str, list[str]]:
     progressive, radius2, person = rows["progressive_128"], rows["offset_radius2"], rows["offset_person_scale"]
     person_small, dense8, dense12 = rows["offset_person_scale_small_step"], rows["train_people8"], rows["train_people12"]
     person_supervised = rows["offset_person_scale_supervised"]
-    evening = [rows["base@2026-12-07d"], rows["base@2026-12-07e"], rows["base"]]
+    evening = [rows["base@2026-12-07d"], rows["base@2026-12-07e"], rows["base@2026-12-07f"]]
+    night, deep, h64 = [rows["base@2026-12-07g"], rows["base"]], rows["intermediate_heatmaps"], rows["head64"]
+    h32 = [rows["head32@2026-12-07a"], rows["head32"]]
     ema99, ema98, radius8, zero_res = rows["ema99"], rows["ema98"], rows["offset_radius8"], rows["zero_init_residual"]
     w12 = [rows["width12@2026-12-07a"], rows["width12@2026-12-07b"], rows["width12"]]
     return {
@@ -199,6 +201,15 @@ def demo_levers_quotes() -> dict[str, list[str]]:
             f"decay 0.99: {ema99['steps']} steps, AP **{ema99['AP']:.4f}**; decay 0.98: AP {ema98['AP']:.4f}",
             f"(4x the cells): AP {radius8['AP']:.4f}",
             f"(zero scale on its last BatchNorm, Goyal et al.): AP {zero_res['AP']:.4f}",
+            f"two runs: {night[0]['steps']} and {night[1]['steps']} steps, PCK {night[0]['heatmap_pck']:.3f} and "
+            f"{night[1]['heatmap_pck']:.3f}, AP {night[0]['AP']:.4f} and {night[1]['AP']:.4f}",
+            f"factor 1 each: {deep['steps']} steps, PCK {deep['heatmap_pck']:.3f}, AP {deep['AP']:.4f}",
+            f"width 32, two runs: PCK {h32[0]['heatmap_pck']:.3f} and {h32[1]['heatmap_pck']:.3f}, AP "
+            f"{h32[0]['AP']:.4f} and {h32[1]['AP']:.4f}; width 64: {h64['steps']} steps, PCK "
+            f"{h64['heatmap_pck']:.3f}, AP {h64['AP']:.4f}",
+            f"hybrid decoder's AP {min(r['hybrid_AP'] for r in [*h32, h64]):.4f}-"
+            f"{max(r['hybrid_AP'] for r in [*h32, h64]):.4f} against {min(r['hybrid_AP'] for r in night):.4f}-"
+            f"{max(r['hybrid_AP'] for r in night):.4f}",
         ],
         "docs/architecture.md": [
             f"AP {mirror['AP']:.4f} with flips and the flip test against {mirror_noflip['AP']:.4f} without",

@@ -50,8 +50,8 @@ def test_head_names() -> None:
 
 def test_the_checkpoints_head_scores_the_models_heatmap_pck(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    generate_dataset(data, COCO, 3, seed=5, image_size=128, split="train", max_people=3, workers=0)
-    generate_dataset(data, COCO, 2, seed=6, image_size=128, split="val", max_people=3, workers=0)
+    generate_dataset(data, COCO, 3, seed=5, image_size=128, split="train", max_people=3, workers=1)
+    generate_dataset(data, COCO, 2, seed=6, image_size=128, split="val", max_people=3, workers=1)
     config = dataclasses.replace(get_preset("tiny"), input_size=64)
     model = randomize_(build_model(config, COCO), seed=0)
     ckpt = save_weights(tmp_path / "tiny.safetensors", model, config, COCO)
