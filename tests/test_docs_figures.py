@@ -217,6 +217,19 @@ def demo_levers_quotes() -> dict[str, list[str]]:
     }
 
 
+def head_capacity_quotes() -> dict[str, list[str]]:
+    rows = {r["head"]: r for r in results("heatmap_head_capacity.json")["rows"]}
+    fresh = ", ".join(f"{rows[w]['pck_after']:.3f}" for w in ("16", "32", "64"))
+    return {
+        "README.md": [
+            f"own head, trained on, goes from PCK {rows['trained']['pck_before']:.3f} to "
+            f"{rows['trained']['pck_after']:.3f}",
+            f"fresh heads of width 16, 32 and 64 reach {fresh}",
+            f"three BasicBlocks of 16 channels {rows['16x3']['pck_after']:.3f}",
+        ]
+    }
+
+
 def demo_quotes() -> dict[str, list[str]]:
     r = results("demo.json")
     t, m = r["train"], r["metrics"]
@@ -270,6 +283,7 @@ def ap_breakdown_quotes() -> dict[str, list[str]]:
         throughput_quotes,
         layout_quotes,
         demo_levers_quotes,
+        head_capacity_quotes,
         demo_quotes,
         ap_breakdown_quotes,
     ],
