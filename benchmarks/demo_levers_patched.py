@@ -8,7 +8,8 @@ training set), then trains and evaluates the demo's settings for the same minute
 It appends the case's row to ``<out>/results.jsonl`` and rewrites ``benchmarks/results/demo_levers.{json,md}``
 from every row there (``benchmarks.demo_levers.write_tables``). The afternoon rows of 2026-12-07 were
 measured with these patches written in a scratch script, the supervised person scale and the evening rows
-(offset radius 8, residual blocks starting as the identity, width 12) with this module; it keeps them all so
+(offset radius 8, residual blocks starting as the identity, width 12) and the night rows (deep supervision of the
+heatmaps, heatmap head widths 32 and 64) with this module; it keeps them all so
 that the rows can be re-run. None is an option of ``grmpose train``: none measured better than the spread of
 runs of the demo's own settings.
 """
