@@ -42,7 +42,7 @@ from grmpose.losses import heatmap_loss
 from grmpose.model.blocks import BasicBlock
 from grmpose.model.heads import HeatmapTagHead
 from grmpose.model.net import GRMPoseNet
-from grmpose.targets import build_targets
+from grmpose.train import TargetCollate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -67,24 +67,17 @@ def frozen_set(
     for lo in range(0, len(data), batch):
         samples = [data[i] for i in range(lo, min(lo + batch, len(data)))]
         feats.append(model.features(torch.stack([s["image"] for s in samples])))
-        size = tuple(feats[-1].shape[-2:])
+        # the training loop's own target builder (square crops: one map size)
+        targets = TargetCollate(feats[-1].shape[-1], center_sigma=center_sigma, sigma=sigma)(samples)[
+            "targets"
+        ]
+        heat.append(targets["heatmaps"])
+        weights.append(targets["heat_weights"])
         for s in samples:
-            t = build_targets(
-                s["keypoints"].numpy(),
-                size,
-                stride=OUTPUT_STRIDE,
-                sigma=sigma,
-                center_sigma=center_sigma,
-                mask=s["mask"].numpy(),
-                centers=s["centers"].numpy(),
-                sizes=s["sizes"].numpy(),
-            )
-            heat.append(t["heatmaps"])
-            weights.append(t["heat_weights"])
             k = s["keypoints"].numpy().astype(np.float64)
             k[:, :, :2] /= OUTPUT_STRIDE
             kpts.append(k)
-    return FrozenSet(torch.cat(feats), torch.stack(heat), torch.stack(weights), kpts)
+    return FrozenSet(torch.cat(feats), torch.cat(heat), torch.cat(weights), kpts)
 
 
 def make_head(name: str, trained: HeatmapTagHead, in_channels: int, num_keypoints: int) -> HeatmapTagHead:
