@@ -358,18 +358,20 @@ def default_workers(device: torch.device) -> int:
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam (DEKR's) or AdamW; with weight decay, norms and biases (1-D tensors) are not decayed.
 
-    ``foreach``: PyTorch's multi-tensor implementation, which it picks by default only on CUDA (the
-    same arithmetic); on this CPU it takes ``tiny``'s optimiser step from 15.0 to 12.1 ms.
+    ``fused``: PyTorch's one-kernel implementation of the same update (CPU and CUDA); PyTorch picks
+    it by default nowhere. For ``tiny``'s 239 tensors on this CPU one step takes 2.4 ms, against 10.0 ms
+    for the multi-tensor (``foreach``) implementation this code used before and 13.8 ms for the
+    per-tensor loop that is PyTorch's default on the CPU (medians of 5 rounds of 20 steps).
     """
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     if cfg.weight_decay == 0:
-        return cls(model.parameters(), lr=cfg.lr, weight_decay=0.0, foreach=True)
+        return cls(model.parameters(), lr=cfg.lr, weight_decay=0.0, fused=True)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
-    return cls(groups, lr=cfg.lr, foreach=True)
+    return cls(groups, lr=cfg.lr, fused=True)
 
 
 def make_grad_scaler(use_amp: bool, device: torch.device) -> torch.amp.GradScaler:

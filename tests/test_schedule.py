@@ -110,3 +110,33 @@ def test_weight_decay_skips_norms_and_biases():
     adam = build_optimizer(model, TrainConfig(data="x", out="y"))
     assert type(adam) is torch.optim.Adam and adam.param_groups[0]["weight_decay"] == 0.0
     assert adam.param_groups[0]["lr"] == 1e-3  # DEKR's
+
+
+def test_optimizer_step_follows_the_adam_and_adamw_rules():
+    """Three steps of ``build_optimizer``'s optimiser (PyTorch's fused kernel) against Adam and AdamW
+    written out: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, p -= lr m_hat / (sqrt(v_hat) + eps),
+    AdamW first multiplying p by (1 - lr wd) where it decays, Adam adding wd p to g (0 here, DEKR's)."""
+    torch.manual_seed(0)
+    for name, wd in (("adamw", 0.05), ("adamw", 0.0), ("adam", 0.0)):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        cfg = TrainConfig(data="x", out="y", optimizer=name, weight_decay=wd, lr=0.01)
+        optimizer = build_optimizer(model, cfg)
+        params = [p for p in model.parameters()]
+        ref = [p.detach().double().clone() for p in params]
+        m = [torch.zeros_like(r) for r in ref]
+        v = [torch.zeros_like(r) for r in ref]
+        b1, b2, eps, lr = 0.9, 0.999, 1e-8, 0.01
+        for t in range(1, 4):
+            grads = [torch.randn_like(p) for p in params]
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+            for i, (p, g) in enumerate(zip(params, grads)):
+                decay = wd if p.ndim > 1 else 0.0
+                ref[i] = ref[i] * (1 - lr * decay)
+                m[i] = b1 * m[i] + (1 - b1) * g.double()
+                v[i] = b2 * v[i] + (1 - b2) * g.double() ** 2
+                m_hat, v_hat = m[i] / (1 - b1**t), v[i] / (1 - b2**t)
+                ref[i] = ref[i] - lr * m_hat / (v_hat.sqrt() + eps)
+        for p, r in zip(params, ref):
+            torch.testing.assert_close(p.detach().double(), r, rtol=0, atol=1e-6, msg=name)
