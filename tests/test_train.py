@@ -468,3 +468,19 @@ def test_impossible_values_are_refused_in_one_line(tmp_path, capsys, flag, value
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith(f"grmpose: error: {flag} must be "), err[0]
     assert not out.exists()
+
+
+def test_all_finite_matches_an_element_by_element_check():
+    from grmpose.train import all_finite
+
+    torch.manual_seed(0)
+    base = [torch.randn(3, 4), torch.randn(7), torch.randn(2, 2, 3)]
+    assert all_finite(base) and all_finite([])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for i in range(len(base)):
+            tensors = [t.clone() for t in base]
+            tensors[i].view(-1)[-1] = bad
+            assert not all_finite(tensors)
+    huge = [t.clone() for t in base]
+    huge[1][0] = 3e38  # finite, but its square overflows the norm
+    assert all(bool(t.isfinite().all()) for t in huge) and all_finite(huge)
