@@ -51,7 +51,7 @@ from grmpose.losses import LossWeights, collate_targets, total_loss
 from grmpose.model.net import build_model
 from grmpose.spec import get_spec
 from grmpose.targets import build_targets
-from grmpose.train import DistInfo, _train_step
+from grmpose.train import DistInfo, TrainConfig, _train_step, build_optimizer
 
 log = logging.getLogger("benchmarks.gpu")
 
@@ -171,7 +171,7 @@ def train_case(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model, backend=cfg.compile_backend) if compiled else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = build_optimizer(model, TrainConfig(data="-", out="-", lr=1e-4))  # grmpose train's (fused Adam)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "float16" and branches["grad_scaler"])
     batch = make_batch(cfg.spec, cfg.input_size, cfg.batch, pin=branches["pin_memory"])
     if channels_last:
@@ -273,7 +273,7 @@ def ddp_case(cfg: GpuConfig, device: torch.device, preset: str) -> dict:
         ddp = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index or 0] if device.type == "cuda" else None
         )
-        optimizer = torch.optim.Adam(ddp.parameters(), lr=1e-4)
+        optimizer = build_optimizer(ddp, TrainConfig(data="-", out="-", lr=1e-4))
         scaler = torch.amp.GradScaler(device.type, enabled=branches["grad_scaler"])
         batch = make_batch(cfg.spec, cfg.input_size, cfg.batch, pin=branches["pin_memory"])
         t0 = time.perf_counter()
