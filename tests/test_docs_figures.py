@@ -264,7 +264,7 @@ def ap_breakdown_quotes() -> dict[str, list[str]]:
             f"ankles {ankles[0]:.2f}-{ankles[1]:.2f} (0.18)",
             f"the bound rises from {a['ap_bound']:.3f} to {short['at_true_centre_sides_free']['ap_bound']:.3f}",
             f"On training images the bound is {train['at_true_centre']['ap_bound']:.3f}",
-            f"a run of {before['steps']} steps (AP {before['demo_AP']:.4f} without the flip test) had the same bound, "
+            f"a run of {before['steps']} steps (AP {before['demo_AP']:.4f} without the flip test) had a bound of "
             f"{before['at_true_centre']['ap_bound']:.3f}",
             f"{long['steps']} steps, `benchmarks/results/demo_30min.json`",
             f"reached **AP {curve['metrics']['AP']:.4f}** (AP50 {curve['metrics']['AP50']:.3f})",
