@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.op_profile import OTHER as OP_OTHER
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -274,6 +276,37 @@ def ap_breakdown_quotes() -> dict[str, list[str]]:
     }
 
 
+def op_profile_quotes() -> dict[str, list[str]]:
+    rows = {(r["part"], r["model"], r["input"]): r for r in results("op_profile.json")["rows"]}
+    t192, t256 = rows["training", "tiny", 192], rows["training", "tiny", 256]
+    g512, g1024 = rows["inference", "grmpose-w32", 512], rows["inference", "grmpose-w32", 1024]
+    d512, d1024 = rows["inference", "dekr-w32", 512], rows["inference", "dekr-w32", 1024]
+    k192, k256, g, d = t192["by_kind_ms"], t256["by_kind_ms"], g1024["by_kind_ms"], d1024["by_kind_ms"]
+    fwd, bwd = "convolutions, forward", "convolutions, backward"
+    afwd, abwd = "adaptive convolution (fused kernel), forward", "adaptive convolution (fused kernel), backward"
+    rest, copies, ups = OP_OTHER, "copies and concatenations", "upsampling"
+    return {
+        "README.md": [
+            f"at 192 px {t192['wall_ms']:.0f} ms unprofiled; convolutions {k192[fwd]:.0f} ms forward and "
+            f"{k192[bwd]:.0f} ms backward, the fused adaptive convolution {k192[afwd]:.0f} + {k192[abwd]:.0f} ms, "
+            f"BatchNorm {k192['BatchNorm']:.0f} ms, copies and concatenations {k192[copies]:.0f} ms",
+            f"the rest {k192[rest]:.0f} ms, the optimiser {k192['optimiser']:.0f} ms",
+            f"256 px {t256['wall_ms']:.0f} ms; convolutions {k256[fwd]:.0f} + {k256[bwd]:.0f} ms, the adaptive "
+            f"convolution {k256[afwd]:.0f} + {k256[abwd]:.0f} ms",
+            f"the convolutions alone take {k256[fwd] + k256[bwd]:.0f} ms",
+        ],
+        "docs/performance.md": [
+            f"grmpose-w32's {g1024['profiled_ms']:.0f} profiled ms at 1024 at convolutions {g[fwd]:.0f}",
+            f"A/t predictor {g[afwd]:.0f}, element-wise work and the rest {g[rest]:.0f}, upsampling {g[ups]:.0f}",
+            f"concatenations {g[copies]:.0f}; dekr-w32's {d1024['profiled_ms']:.0f} ms at {d[fwd]:.0f}, {d[afwd]:.0f}, "
+            f"{d[rest]:.0f}, {d[ups]:.0f} and {d[copies]:.0f}",
+            f"grows {g1024['profiled_ms'] / g512['profiled_ms']:.1f}× ({g512['profiled_ms']:.0f} to "
+            f"{g1024['profiled_ms']:.0f} ms), dekr-w32's {d1024['profiled_ms'] / d512['profiled_ms']:.1f}× "
+            f"({d512['profiled_ms']:.0f} to {d1024['profiled_ms']:.0f})",
+        ],
+    }
+
+
 @pytest.mark.parametrize(
     "source",
     [
@@ -285,6 +318,7 @@ def ap_breakdown_quotes() -> dict[str, list[str]]:
         demo_levers_quotes,
         head_capacity_quotes,
         demo_quotes,
+        op_profile_quotes,
         ap_breakdown_quotes,
     ],
     ids=lambda f: f.__name__,
@@ -349,3 +383,4 @@ def test_readme_decoder_ranking_matches_the_run():
         for multi in (False, True):
             others = [rows[(d, flip, multi)] for d in ("ae", "hybrid")]
             assert rows[("regression", flip, multi)] >= max(others), (flip, multi)
+
