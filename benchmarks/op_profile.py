@@ -88,39 +88,25 @@ def profile_self_ms(fn, runs: int) -> dict[str, float]:
 
 
 def training_case(size: int, steps: int, data: Path) -> dict:
-    """One fixed batch of tiny at ``size``: unprofiled step time, then the per-step profile."""
-    from benchmarks.train_step_layouts import fixed_batch, setup
-    from grmpose.config import get_preset
-    from grmpose.losses import LossWeights, total_loss
-    from grmpose.model.init_weights import kaiming_init
-    from grmpose.model.net import GRMPoseNet
+    """One fixed batch of tiny at ``size``: unprofiled step time, then the per-step profile. The model and
+    the step are ``benchmarks.train_step_layouts``'s (the code as it is), with ``grmpose train``'s optimiser."""
+    from benchmarks.train_step_layouts import build, fixed_batch, setup, train_step
     from grmpose.train import TrainConfig, build_optimizer
 
     setup()
     batch = fixed_batch(data, size, 8)
-    torch.manual_seed(0)
-    model = GRMPoseNet(get_preset("tiny"), 17)
-    kaiming_init(model, keep=model.prediction_layers())
-    model.train()
+    model, _, channels_last = build("as_is")
     optimizer = build_optimizer(model, TrainConfig(data="-", out="-", optimizer="adamw", lr=1e-4))
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        outputs = model(batch["image"])
-        loss, _ = total_loss(outputs, batch["targets"], LossWeights(offset=30.0))
-        loss.backward()
-        optimizer.step()
+    def step() -> float:
+        return train_step(model, optimizer, channels_last, batch)
 
     for _ in range(2):
         step()
-    walls = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        walls.append((time.perf_counter() - t0) * 1e3)
+    walls = sorted(step() * 1e3 for _ in range(steps))
     self_ms = profile_self_ms(step, steps)
     return {"part": "training", "model": "tiny", "input": size, "batch": 8,
-            "wall_ms": sorted(walls)[len(walls) // 2], "profiled_ms": sum(self_ms.values()),
+            "wall_ms": walls[len(walls) // 2], "profiled_ms": sum(self_ms.values()),
             "by_kind_ms": categorise(self_ms)}  # fmt: skip
 
 
