@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from grmpose.model import adaptive_conv_kernel
+from grmpose.runtime import standard_operators
 
 aten = torch.ops.aten
 
@@ -44,7 +45,8 @@ def count_flops(model: nn.Module, input_size: int | tuple[int, int], batch: int 
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS)
-    with torch.no_grad(), counter, adaptive_conv_kernel.disabled():  # count grid_sample's standard ops
+    # count the standard operators: grid_sample for the adaptive convolution, F.interpolate, ...
+    with torch.no_grad(), counter, adaptive_conv_kernel.disabled(), standard_operators():
         model(x)
     model.train(was_training)
     flops = counter.get_total_flops()

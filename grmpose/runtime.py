@@ -5,9 +5,11 @@ Kept apart from the loop in ``grmpose/train.py``; nothing here knows about model
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -135,3 +137,25 @@ def capturing_graph() -> bool:
     ``torch.export`` (code that must only see standard operators, or concrete shapes, checks this)."""
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
     return torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or exporting
+
+
+_standard = {"forced": False}
+
+
+@contextlib.contextmanager
+def standard_operators() -> Iterator[None]:
+    """Inside this block the network runs the standard operators its equations name (``F.interpolate``,
+    the GRM's attention through autograd) instead of its eager fast paths: for tools that count
+    operators (``grmpose.flops``)."""
+    before = _standard["forced"]
+    _standard["forced"] = True
+    try:
+        yield
+    finally:
+        _standard["forced"] = before
+
+
+def standard_operators_only() -> bool:
+    """Whether the fast paths must step aside: inside ``standard_operators()``, or while a graph is
+    captured or traced (ONNX export, ``torch.compile``, ``torch.jit.trace``)."""
+    return _standard["forced"] or capturing_graph() or torch.jit.is_tracing()

@@ -15,8 +15,9 @@ from grmpose.cli import main as cli_main
 from grmpose.config import PRESETS, ModelConfig
 from grmpose.flops import count_parameters, summarize
 from grmpose.model.adaptive_conv import AdaptiveBlock, AdaptiveConv
-from grmpose.model.grm import GRM
+from grmpose.model.grm import GRM, ChannelSpatialAttention
 from grmpose.model.mfa import MFABlock
+from grmpose.runtime import standard_operators
 from grmpose.spec import COCO, CROWDPOSE
 
 
@@ -180,6 +181,32 @@ def test_grm_matches_paper_equations():
     want = torch.autograd.grad((expected * weights).sum(), inputs)
     for g, e in zip(got, want):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_grm_attention_fast_path_equals_autograd_on_the_equations():
+    """The eager form (two autograd Functions with hand-written backward passes) against the
+    reference form (autograd on the equations): values, and gradients of X and of every parameter,
+    in float64; gradcheck (finite differences) on X; standard_operators() selects the reference."""
+    att = randomize_(ChannelSpatialAttention(6), seed=3).double()
+    x = torch.randn(3, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 6, 5, 7, dtype=torch.float64)
+    inputs = (x, *att.parameters())
+    fast, ref = att.fused(x), att.reference(x)
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    got = torch.autograd.grad((fast * weights).sum(), inputs)
+    want = torch.autograd.grad((ref * weights).sum(), inputs)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(att.fused, (x,))
+    calls = []
+    original = ChannelSpatialAttention.reference
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ChannelSpatialAttention, "reference", lambda self, t: calls.append(1) or original(self, t))
+        att(x)
+        assert calls == []
+        with standard_operators():
+            att(x)
+        assert calls == [1]
 
 
 # ------------------------------------------------------------------ whole network

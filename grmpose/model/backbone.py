@@ -14,11 +14,11 @@ and the list of the four stage-4 outputs.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from grmpose.model.blocks import BasicBlock, Bottleneck, conv_bn
 from grmpose.model.mfa import MFABlock
+from grmpose.model.upsample import upsample
 
 
 class FuseLayer(nn.Module):
@@ -56,7 +56,7 @@ class FuseLayer(nn.Module):
                     continue
                 y = path(xs[j])
                 if j > i:
-                    y = F.interpolate(y, scale_factor=float(2 ** (j - i)), mode="nearest")
+                    y = upsample(y, 2 ** (j - i), "nearest")
                 total = total + y
             outs.append(self.relu(total))
         return outs

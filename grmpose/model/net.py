@@ -11,7 +11,6 @@ three tensors at stride 4, the same in training and inference:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from grmpose.config import ModelConfig, get_preset
@@ -19,6 +18,7 @@ from grmpose.model.backbone import HRBackbone
 from grmpose.model.grm import GRM
 from grmpose.model.heads import HeatmapTagHead, OffsetHead
 from grmpose.model.init_weights import init_weights
+from grmpose.model.upsample import upsample
 from grmpose.runtime import capturing_graph
 from grmpose.spec import KeypointSpec, get_spec
 
@@ -51,10 +51,7 @@ class GRMPoseNet(nn.Module):
         """The heads' input: the backbone's stride-4 maps (p3: every branch upsampled and joined), through
         the GRM with p1 and p2 when the model has it."""
         p1, p2, stage4 = self.backbone(images)
-        ups = [stage4[0]] + [
-            F.interpolate(y, scale_factor=float(2**i), mode="bilinear", align_corners=False)
-            for i, y in enumerate(stage4[1:], start=1)
-        ]
+        ups = [stage4[0]] + [upsample(y, 2**i, "bilinear") for i, y in enumerate(stage4[1:], start=1)]
         p3 = torch.cat(ups, dim=1)
         return self.grm(p1, p2, p3) if self.grm is not None else p3
 
