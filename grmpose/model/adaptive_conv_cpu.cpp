@@ -94,7 +94,11 @@ void forward_impl(const at::Tensor& x, const at::Tensor& tr, const at::Tensor& w
   const T* wp = weight.data_ptr<T>();
   T* op = out.data_ptr<T>();
   at::parallel_for(0, b * g, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> s(kc), acc(ch), wt_buf(kc * ch);
+    // the transposed weight's rows are padded to a multiple of 8 output channels (zeros), so that
+    // the compile-time-channel loops run over whole vectors: 15 -> 16
+    constexpr int CHP = CH > 0 ? (CH + 7) / 8 * 8 : 0;
+    const int64_t row = CH > 0 ? CHP : ch;
+    std::vector<T> s(kc), acc(ch), wt_buf(kc * row, T(0));
     T* wt = wt_buf.data();
     Corners<T> c;
     int64_t loaded = -1;
@@ -105,7 +109,7 @@ void forward_impl(const at::Tensor& x, const at::Tensor& tr, const at::Tensor& w
       if (gi != loaded) {  // the group's weight, transposed to j-major
         const T* wg = wp + gi * ch * kc;
         for (int64_t o = 0; o < ch; ++o)
-          for (int64_t j = 0; j < kc; ++j) wt[j * ch + o] = wg[o * kc + j];
+          for (int64_t j = 0; j < kc; ++j) wt[j * row + o] = wg[o * kc + j];
         loaded = gi;
       }
       T* og = op + bg * ch * hw;
@@ -114,14 +118,29 @@ void forward_impl(const at::Tensor& x, const at::Tensor& tr, const at::Tensor& w
         gather<T, CH>(xg, ch, c, s.data());
         // acc[o] = sum_j weight[o, j] s[j], with the weight stored j-major (wt) so that the inner
         // loop runs over contiguous output channels
-        for (int64_t o = 0; o < ch; ++o) acc[o] = 0;
-        for (int64_t j = 0; j < kc; ++j) {
-          const T sj = s[j];
-          const T* wj = wt + j * ch;
+        if constexpr (CH > 0) {
+          // four partial sums over the taps' samples: four independent chains of multiply-adds
+          // instead of one that waits on the previous addition at every step
+          T part[4][CHP] = {};
+          for (int64_t j = 0; j < kTaps * CH; j += 4) {
+            for (int u = 0; u < 4 && j + u < kTaps * CH; ++u) {
+              const T sj = s[j + u];
+              const T* wj = wt + (j + u) * CHP;
 #pragma omp simd
-          for (int64_t o = 0; o < ch; ++o) acc[o] += wj[o] * sj;
+              for (int o = 0; o < CHP; ++o) part[u][o] += wj[o] * sj;
+            }
+          }
+          for (int o = 0; o < CH; ++o) og[o * hw + p] = (part[0][o] + part[1][o]) + (part[2][o] + part[3][o]);
+        } else {
+          for (int64_t o = 0; o < ch; ++o) acc[o] = 0;
+          for (int64_t j = 0; j < kc; ++j) {
+            const T sj = s[j];
+            const T* wj = wt + j * ch;
+#pragma omp simd
+            for (int64_t o = 0; o < ch; ++o) acc[o] += wj[o] * sj;
+          }
+          for (int64_t o = 0; o < ch; ++o) og[o * hw + p] = acc[o];
         }
-        for (int64_t o = 0; o < ch; ++o) og[o * hw + p] = acc[o];
       }
     }
   });
@@ -291,22 +310,40 @@ void transform_forward_impl(const at::Tensor& x, const at::Tensor& tw, const at:
   const T* twp = tw.data_ptr<T>();
   const T* tbp = tb.data_ptr<T>();
   T* op = out.data_ptr<T>();
+  constexpr int kOutPad = 8;  // the 6 outputs padded to 8 (zeros): one vector per partial sum
   at::parallel_for(0, b * g, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> n(kc);
+    std::vector<T> n(kc), wt(kc * kOutPad, T(0));
+    int64_t loaded = -1;
     for (int64_t bg = begin; bg < end; ++bg) {
       const int64_t gi = bg % g;
       const T* xg = xp + bg * hw * ch;
-      const T* wg = twp + gi * kOut * kc;
+      if (gi != loaded) {  // the group's weight, transposed to j-major
+        const T* wg = twp + gi * kOut * kc;
+        for (int o = 0; o < kOut; ++o)
+          for (int64_t j = 0; j < kc; ++j) wt[j * kOutPad + o] = wg[o * kc + j];
+        loaded = gi;
+      }
       T* og = op + bg * kOut * hw;
       for (int64_t p = 0; p < hw; ++p) {
         neighbours<T, CH>(xg, ch, p, h, w, n.data());
-        for (int o = 0; o < kOut; ++o) {
-          const T* wo = wg + o * kc;
-          T acc = 0;
-#pragma omp simd reduction(+ : acc)
-          for (int64_t j = 0; j < kc; ++j) acc += wo[j] * n[j];
-          og[o * hw + p] = acc + tbp[gi * kOut + o];
+        // out[o] = sum_j weight[o, j] n[j] as four partial sums over j (independent chains)
+        T part[4][kOutPad] = {};
+        int64_t j = 0;
+        for (; j + 4 <= kc; j += 4)
+          for (int u = 0; u < 4; ++u) {
+            const T nj = n[j + u];
+            const T* wj = wt.data() + (j + u) * kOutPad;
+#pragma omp simd
+            for (int o = 0; o < kOutPad; ++o) part[u][o] += wj[o] * nj;
+          }
+        for (; j < kc; ++j) {
+          const T nj = n[j];
+          const T* wj = wt.data() + j * kOutPad;
+#pragma omp simd
+          for (int o = 0; o < kOutPad; ++o) part[0][o] += wj[o] * nj;
         }
+        for (int o = 0; o < kOut; ++o)
+          og[o * hw + p] = (part[0][o] + part[1][o]) + (part[2][o] + part[3][o]) + tbp[gi * kOut + o];
       }
     }
   });
