@@ -132,8 +132,10 @@ def latency_only(preset: str = "grmpose-w32", threads: int = 2, repeats: int = 5
     from grmpose.export import export_onnx, quantize_int8
     from grmpose.fuse import fuse_model
     from grmpose.model.net import build_model
+    from grmpose.runtime import keep_freed_memory_for_inference
 
     torch.set_num_threads(threads)
+    keep_freed_memory_for_inference()  # as a CPU PoseEstimator does
     size = input_size or get_preset(preset).input_size
     torch.manual_seed(0)
     model = build_model(preset, "coco").eval()

@@ -327,10 +327,10 @@ def extras_markdown(result: dict) -> list[str]:
                       f"{result['precision'][0].get('cpu_capability')}."]  # fmt: skip
     t = result.get("throughput")
     if t and "rows" in t:
+        from benchmarks.throughput import table_lines
+
         lines += ["", f"## Folder throughput ({t['preset']}, {t['rows'][0]['images']} images of {t['image_size']} px)", "",
-                  "| batch | workers | images/s | vs batch 1, workers 0 |", "|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {r['batch_size']} | {r['workers']} | {r['images_per_s']:.2f} | {r['vs_batch_1_workers_0']:.2f} |"
-                  for r in t["rows"]]  # fmt: skip
+                  *table_lines(t)]  # fmt: skip
     elif t:
         lines += ["", f"Folder throughput: n/a ({t.get('reason', '')})"]
     sc = result.get("scaling")

@@ -43,8 +43,10 @@ def measure_point(
     """
     from grmpose.fuse import fuse_model
     from grmpose.model.net import build_model
+    from grmpose.runtime import keep_freed_memory_for_inference
 
     torch.set_num_threads(threads)
+    keep_freed_memory_for_inference()  # as a CPU PoseEstimator does
     base = rss_mib()
     torch.manual_seed(0)
     model = fuse_model(build_model(preset, "coco").eval())

@@ -32,6 +32,7 @@ from grmpose.checkpoint import CheckpointError, load_model
 from grmpose.config import ModelConfig, get_preset
 from grmpose.data.coco import load_image
 from grmpose.fileio import atomic_path
+from grmpose.runtime import keep_freed_memory_for_inference
 from grmpose.spec import KeypointSpec, get_spec
 from grmpose.track import PoseTracker, TrackConfig
 from grmpose.tta import predict_batch, predict_poses, run_forward
@@ -362,6 +363,9 @@ class PoseEstimator:
         self.config = config
         self.dtype = "float32"  # of the torch backend's weights; set by the constructors
         self._tmpdir: tempfile.TemporaryDirectory | None = None
+        if backend == "torch" and self.device.startswith("cpu"):
+            # malloc keeps freed memory for the next forward (grmpose.runtime; GRMPOSE_KEEP_FREED_MEMORY=0: off)
+            keep_freed_memory_for_inference()
 
     def __repr__(self) -> str:
         return (

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from grmpose.model import adaptive_conv_kernel
+from grmpose.runtime import keep_freed_memory_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +260,8 @@ def measure_backend(
     torch.set_num_threads(threads)
     size = input_size or get_preset(preset).input_size
     base = rss_mib()
+    if backend in ("eager", "compile"):
+        keep_freed_memory_for_inference()  # as a CPU PoseEstimator does
     if backend == "eager":
         result = _measure_eager(preset, spec, size, repeats, warmup)
     elif backend == "compile":

@@ -103,6 +103,20 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 
+#: set to 0 to keep glibc's default (freed memory returned to the system) in ``PoseEstimator``
+INFERENCE_MEMORY_SWITCH = "GRMPOSE_KEEP_FREED_MEMORY"
+
+
+def keep_freed_memory_for_inference() -> bool:
+    """``keep_freed_memory()`` unless ``GRMPOSE_KEEP_FREED_MEMORY`` is 0/false/no/off: what a CPU
+    ``PoseEstimator`` (torch backend) does when it is built. Inference pays the same toll as training:
+    grmpose-w32 at 512 px, BatchNorm folded, 2 threads, one process each way: 500 against 770-850 ms
+    per image at batch 8, 570 against 600-730 at batch 1 (one-off runs here, 2026-12-08)."""
+    if os.environ.get(INFERENCE_MEMORY_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return keep_freed_memory()
+
+
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
 

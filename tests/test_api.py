@@ -379,3 +379,18 @@ def test_onnx_forward_runs_static_batch_models_in_pieces(tmp_path, batch_dim):
     torch.testing.assert_close(heat, batch)
     torch.testing.assert_close(off, -batch)
     torch.testing.assert_close(tags, batch.abs())
+
+
+def test_cpu_estimator_keeps_freed_memory_unless_switched_off(monkeypatch):
+    """A CPU torch-backend estimator sets malloc to keep freed memory (glibc's mallopt, called through
+    grmpose.runtime.keep_freed_memory); GRMPOSE_KEEP_FREED_MEMORY=0 leaves glibc's default."""
+    import grmpose.runtime as runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    PoseEstimator.from_preset("tiny", input_size=64)
+    assert calls == [1]
+    monkeypatch.setenv(runtime.INFERENCE_MEMORY_SWITCH, "0")
+    assert runtime.keep_freed_memory_for_inference() is False
+    PoseEstimator.from_preset("tiny", input_size=64)
+    assert calls == [1]
