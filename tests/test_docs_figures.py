@@ -284,7 +284,7 @@ def op_profile_quotes() -> dict[str, list[str]]:
     k192, k256, g, d = t192["by_kind_ms"], t256["by_kind_ms"], g1024["by_kind_ms"], d1024["by_kind_ms"]
     fwd, bwd = "convolutions, forward", "convolutions, backward"
     afwd, abwd = "adaptive convolution (fused kernel), forward", "adaptive convolution (fused kernel), backward"
-    rest, copies, ups = OP_OTHER, "copies and concatenations", "upsampling"
+    rest, copies, mm = OP_OTHER, "copies and concatenations", "matrix products"
     return {
         "README.md": [
             f"at 192 px {t192['wall_ms']:.0f} ms unprofiled; convolutions {k192[fwd]:.0f} ms forward and "
@@ -297,9 +297,10 @@ def op_profile_quotes() -> dict[str, list[str]]:
         ],
         "docs/performance.md": [
             f"grmpose-w32's {g1024['profiled_ms']:.0f} profiled ms at 1024 at convolutions {g[fwd]:.0f}",
-            f"A/t predictor {g[afwd]:.0f}, element-wise work and the rest {g[rest]:.0f}, upsampling {g[ups]:.0f}",
+            f"A/t predictor {g[afwd]:.0f}, element-wise work and the rest {g[rest]:.0f}, matrix products (the "
+            f"upsampling among them) {g[mm]:.0f}",
             f"concatenations {g[copies]:.0f}; dekr-w32's {d1024['profiled_ms']:.0f} ms at {d[fwd]:.0f}, {d[afwd]:.0f}, "
-            f"{d[rest]:.0f}, {d[ups]:.0f} and {d[copies]:.0f}",
+            f"{d[rest]:.0f}, {d[mm]:.0f} and {d[copies]:.0f}",
             f"grows {g1024['profiled_ms'] / g512['profiled_ms']:.1f}× ({g512['profiled_ms']:.0f} to "
             f"{g1024['profiled_ms']:.0f} ms), dekr-w32's {d1024['profiled_ms'] / d512['profiled_ms']:.1f}× "
             f"({d512['profiled_ms']:.0f} to {d1024['profiled_ms']:.0f})",
