@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from grmpose.model import adaptive_conv_kernel
 from grmpose.runtime import standard_operators
 
 aten = torch.ops.aten
@@ -46,7 +45,7 @@ def count_flops(model: nn.Module, input_size: int | tuple[int, int], batch: int 
     model.eval()
     counter = FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS)
     # count the standard operators: grid_sample for the adaptive convolution, F.interpolate, ...
-    with torch.no_grad(), counter, adaptive_conv_kernel.disabled(), standard_operators():
+    with torch.no_grad(), counter, standard_operators():
         model(x)
     model.train(was_training)
     flops = counter.get_total_flops()

@@ -158,9 +158,9 @@ _standard = {"forced": False}
 
 @contextlib.contextmanager
 def standard_operators() -> Iterator[None]:
-    """Inside this block the network runs the standard operators its equations name (``F.interpolate``,
-    the GRM's attention through autograd) instead of its eager fast paths: for tools that count
-    operators (``grmpose.flops``)."""
+    """Inside this block the network runs the standard operators its equations name (``grid_sample`` for
+    the adaptive convolution, ``F.interpolate``, the GRM's attention through autograd) instead of its
+    eager fast paths: for tools that count operators (``grmpose.flops``)."""
     before = _standard["forced"]
     _standard["forced"] = True
     try:

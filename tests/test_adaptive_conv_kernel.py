@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from grmpose.model import adaptive_conv_kernel
 from grmpose.model.adaptive_conv import AdaptiveConv, grouped_linear, sample_taps
+from grmpose.runtime import standard_operators
 from tests.test_model import naive_adaptive_conv
 
 
@@ -126,6 +127,8 @@ def test_kernel_not_used_for_other_dtypes_or_when_disabled():
     assert not adaptive_conv_kernel.usable(x.bfloat16())
     assert not adaptive_conv_kernel.usable(x, x.double())
     with adaptive_conv_kernel.disabled():
+        assert not adaptive_conv_kernel.usable(x)
+    with standard_operators():  # FLOP counting: the grid_sample path's standard operators
         assert not adaptive_conv_kernel.usable(x)
     assert adaptive_conv_kernel.usable(x)
 

@@ -8,8 +8,9 @@ input, of the A/t maps and of the weight in one sweep. It is exact (the same bil
 outside the map; tests/test_adaptive_conv_kernel.py checks it against the naive loop and against
 the ``grid_sample`` path, values and gradients).
 
-``AdaptiveConv`` uses it when every condition holds: CPU float32/float64 tensors, not exporting
-to ONNX, not traced by ``torch.compile``, ``GRMPOSE_ADAPTIVE_KERNEL`` not set to 0, and the
+``AdaptiveConv`` uses it when every condition holds: CPU float32/float64 tensors, no graph being
+captured or operators counted (``grmpose.runtime.standard_operators_only``: ONNX export,
+``torch.compile``, tracing, ``grmpose.flops``), ``GRMPOSE_ADAPTIVE_KERNEL`` not set to 0, and the
 kernel compiled. The first use compiles it with the machine's C++ compiler through
 ``torch.utils.cpp_extension`` (needs ``ninja``, a dependency; about 20 s, then cached in
 torch's extension folder, ``TORCH_EXTENSIONS_DIR``). If the build fails, a warning says why once and
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from grmpose.runtime import capturing_graph
+from grmpose.runtime import standard_operators_only
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def _put_ninja_on_path() -> None:
 
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether ``adaptive_conv`` can run on these tensors here and now (see the module's docstring)."""
-    if not enabled() or capturing_graph():
+    if not enabled() or standard_operators_only():
         return False
     dtype = tensors[0].dtype
     if dtype not in (torch.float32, torch.float64):

@@ -33,13 +33,12 @@ def interpolation_matrix(
     """The (size * factor) x size matrix of one axis's interpolation weights (bilinear: align_corners=False)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    out = torch.arange(size * factor, dtype=torch.float64)
-    matrix = torch.zeros(size * factor, size, dtype=torch.float64)
     rows = torch.arange(size * factor)
+    matrix = torch.zeros(size * factor, size, dtype=torch.float64)
     if mode == "nearest":
         matrix[rows, rows // factor] = 1.0
     else:
-        src = ((out + 0.5) / factor - 0.5).clamp(min=0.0)
+        src = ((rows.double() + 0.5) / factor - 0.5).clamp(min=0.0)
         lo = src.floor().long().clamp(max=size - 1)
         hi = (lo + 1).clamp(max=size - 1)
         frac = src - lo
